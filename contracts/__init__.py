@@ -1,0 +1,1 @@
+"""infoscore wire format: pydantic job specs, records and task names (no torch)."""

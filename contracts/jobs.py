@@ -1,0 +1,83 @@
+"""Job requests: one model per kind, a discriminated union on ``kind``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from .common import DatasetRef, Device, ModelSpec, Strict
+from .distill import DistillationParams, SupervisionComplexityParams
+from .fcmi import FcmiParams
+from .limit import LimitParams
+from .sample_information import SampleInformationParams
+from .training_dynamics import TrainingDynamicsParams
+
+
+class _JobBase(Strict):
+    dataset: DatasetRef
+    model: ModelSpec
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="init and data-order seed")
+    device: Device = Field(default="auto", description="auto = cuda when the worker has one")
+    name: str | None = Field(default=None, max_length=200)
+
+
+class TrainingDynamicsJob(_JobBase):
+    kind: Literal["training-dynamics"]
+    params: TrainingDynamicsParams = Field(default_factory=TrainingDynamicsParams)
+
+
+class SampleInformationJob(_JobBase):
+    kind: Literal["sample-information"]
+    params: SampleInformationParams = Field(default_factory=SampleInformationParams)
+
+
+class FcmiBoundJob(_JobBase):
+    kind: Literal["fcmi-bound"]
+    params: FcmiParams = Field(default_factory=FcmiParams)
+
+
+class LimitJob(_JobBase):
+    kind: Literal["limit"]
+    params: LimitParams = Field(default_factory=LimitParams)
+
+
+class SupervisionComplexityJob(_JobBase):
+    """``model`` is the student."""
+
+    kind: Literal["supervision-complexity"]
+    params: SupervisionComplexityParams
+
+
+class DistillationJob(_JobBase):
+    """``model`` is the student."""
+
+    kind: Literal["distillation"]
+    params: DistillationParams
+
+
+JobRequest = Annotated[
+    TrainingDynamicsJob
+    | SampleInformationJob
+    | FcmiBoundJob
+    | LimitJob
+    | SupervisionComplexityJob
+    | DistillationJob,
+    Field(discriminator="kind"),
+]
+JOB_REQUEST_ADAPTER: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)
+JOB_KINDS: tuple[str, ...] = (
+    "training-dynamics",
+    "sample-information",
+    "fcmi-bound",
+    "limit",
+    "supervision-complexity",
+    "distillation",
+)
+# Kinds that fan out into independent units (see workers.fanout).
+FANOUT_KINDS: frozenset[str] = frozenset({"fcmi-bound"})
+
+
+def parse_job_request(data: object) -> JobRequest:
+    """Validate a JSON-like object as a job request (raises pydantic.ValidationError)."""
+    return JOB_REQUEST_ADAPTER.validate_python(data)

@@ -1,0 +1,105 @@
+"""The runner interface: how a job kind turns a validated request into results.
+
+A runner is thin: it loads nothing itself (the task hands it a ``JobContext`` with the
+dataset already loaded and validated), calls ``infoscore`` functions, and returns a
+``JobOutput``. The task layer (``workers.tasks``) writes artifacts atomically, records
+state, progress and heartbeats.
+
+Two shapes:
+
+* single-task kinds implement ``run(ctx) -> JobOutput``;
+* fan-out kinds (``contracts.jobs.FANOUT_KINDS``) implement ``plan(ctx) -> list[Unit]``,
+  ``run_unit(ctx, unit) -> dict[str, np.ndarray]`` and
+  ``reduce(ctx, results) -> JobOutput``. Each unit is independent and idempotent; its
+  result is cached under a content key, so a re-submitted identical job reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from infoscore.data import Dataset
+
+
+@dataclass
+class JobContext:
+    """Everything a runner may use. ``request`` is the validated contracts model."""
+
+    job_id: str
+    request: Any
+    dataset: Dataset
+    device: torch.device
+    progress: Callable[[int, int], None]
+    should_stop: Callable[[], bool]
+    workdir: Path  # scratch space for files the runner returns in JobOutput.files
+
+    @property
+    def params(self) -> Any:
+        return self.request.params
+
+    @property
+    def model_spec(self) -> dict[str, Any]:
+        return dict(self.request.model.model_dump())
+
+    @property
+    def seed(self) -> int:
+        return int(self.request.seed)
+
+
+@dataclass
+class JobOutput:
+    """What a job produced.
+
+    summary: JSON-able dict (becomes ``summary.json`` and the job's ``summary``).
+    scores: per-sample table, one row per training sample in upload order, with the
+        job's score columns; the task layer adds ``index``, ``id``, ``label`` and
+        ``label_noisy`` in front and writes ``scores.csv`` and ``scores.parquet``.
+    files: extra artifacts, name -> bytes or a path to a file in ``ctx.workdir``.
+    """
+
+    summary: dict[str, Any]
+    scores: pd.DataFrame | None = None
+    files: dict[str, bytes | Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independent piece of a fan-out job. ``params`` must be JSON-able."""
+
+    name: str
+    params: dict[str, Any]
+
+    def key(self, job_fingerprint: str) -> str:
+        """Content key: same job inputs + same unit params -> same cached result."""
+        blob = json.dumps({"job": job_fingerprint, "unit": self.params}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class Runner:
+    """Base class; subclasses set ``kind`` and implement ``run`` or the fan-out trio."""
+
+    kind: str = ""
+
+    def run(self, ctx: JobContext) -> JobOutput:
+        raise NotImplementedError
+
+    def plan(self, ctx: JobContext) -> list[Unit]:
+        raise NotImplementedError
+
+    def run_unit(self, ctx: JobContext, unit: Unit) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def reduce(self, ctx: JobContext, results: dict[str, dict[str, np.ndarray]]) -> JobOutput:
+        """results maps unit name -> what run_unit returned."""
+        raise NotImplementedError
