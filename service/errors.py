@@ -1,0 +1,158 @@
+"""One error model for the gateway: every error a client can cause is RFC 9457
+``application/problem+json`` with a ``detail`` that names the field, the limit or the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from contracts.problems import PROBLEM_MEDIA_TYPE, problem
+
+
+class ProblemError(Exception):
+    """Raise anywhere in a route to answer with a problem+json."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        type_: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.type_ = type_
+        self.headers = headers
+        self.extra = extra
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int, what: str) -> None:
+        super().__init__(f"body over {limit} bytes")
+        self.limit = limit
+        self.what = what
+
+
+def problem_response(
+    status: int, detail: str, *, instance: str | None = None, headers: dict[str, str] | None = None, **kw: Any
+) -> JSONResponse:
+    return JSONResponse(
+        problem(status, detail, instance=instance, **kw),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def _loc(err: dict[str, Any]) -> str:
+    parts = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(
+            exc.status,
+            exc.detail,
+            instance=request.url.path,
+            headers=exc.headers,
+            type_=exc.type_,
+            **exc.extra,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": _loc(e), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:10]) or "invalid request"
+        return problem_response(
+            422, detail, instance=request.url.path, type_="validation-error", errors=errors
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"No route for {request.method} {request.url.path}; see /docs."
+        if exc.status_code == 405:
+            detail = f"Method {request.method} is not allowed on {request.url.path}."
+        return problem_response(exc.status_code, detail, instance=request.url.path, headers=exc.headers)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return problem_response(
+            413,
+            f"The request body is larger than the limit of {exc.limit} bytes for {exc.what} "
+            f"({'INFOSCORE_MAX_UPLOAD_BYTES' if exc.what == 'uploads' else 'INFOSCORE_MAX_REQUEST_BYTES'}).",
+            instance=request.url.path,
+            type_="body-too-large",
+            limit=exc.limit,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        return problem_response(
+            500,
+            f"Internal error ({type(exc).__name__}); the request was not applied.",
+            instance=request.url.path,
+            type_="internal",
+        )
+
+
+class BodyLimitMiddleware:
+    """Answer 413 problem+json past a size limit: at once from Content-Length, or when a
+    streamed body crosses the limit (counted as it is received)."""
+
+    def __init__(self, app: ASGIApp, *, upload_limit: int, json_limit: int) -> None:
+        self.app = app
+        self.upload_limit = upload_limit
+        self.json_limit = json_limit
+
+    def _limit_for(self, scope: Scope) -> tuple[int, str]:
+        if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/datasets":
+            return self.upload_limit, "uploads"
+        return self.json_limit, "request bodies"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        limit, what = self._limit_for(scope)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > limit:
+                    detail = (
+                        f"The request body ({declared} bytes) is larger than the limit of {limit} bytes "
+                        f"for {what}."
+                    )
+                    response = problem_response(
+                        413, detail, instance=scope["path"], type_="body-too-large", limit=limit
+                    )
+                    await response(scope, receive, send)
+                    return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit, what)
+            return message
+
+        await self.app(scope, counting_receive, send)

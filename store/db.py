@@ -1,0 +1,537 @@
+"""The SQL job store: the source of truth for datasets, jobs and fan-out units.
+
+SQLAlchemy 2 on any URL (SQLite in WAL mode by default, PostgreSQL in the distributed
+mode). Every state change that two processes could race on is a single conditional
+``UPDATE ... WHERE`` whose row count says who won, so a redelivered task, a reaper and a
+cancel request never both believe they own a job.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+DEFAULT_TENANT = "default"
+ACTIVE_STATES = ("queued", "running")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+def utcnow() -> datetime:
+    """Naive UTC (SQLite keeps no zone); :func:`as_utc` adds it back on the way out."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_hex(12)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DatasetRow(Base):
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(120), primary_key=True, default=DEFAULT_TENANT)
+    sha256: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(16))
+    filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    n_train: Mapped[int] = mapped_column(Integer)
+    n_test: Mapped[int] = mapped_column(Integer)
+    n_classes: Mapped[int] = mapped_column(Integer)
+    input_shape: Mapped[str] = mapped_column(Text)  # JSON list
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(120), index=True, default=DEFAULT_TENANT)
+    kind: Mapped[str] = mapped_column(String(40), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request: Mapped[str] = mapped_column(Text)  # JSON of the validated request
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    reducing: Mapped[bool] = mapped_column(Boolean, default=False)
+    summary: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    artifacts: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of names
+
+
+class UnitRow(Base):
+    """One unit of a fan-out job; ``key`` is its content key in the unit cache."""
+
+    __tablename__ = "units"
+    job_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|done
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    # WAL lets the API read while a worker writes; busy_timeout waits instead of erroring.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+class JobStore:
+    """All SQL access. Methods open short transactions; rows come back as plain dicts."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if create:
+            Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------- datasets
+    def add_dataset(self, record: dict[str, Any], tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+        """Insert, or return the existing row for the same content id (uploads dedupe)."""
+        with self.session() as s:
+            row = s.get(DatasetRow, (record["id"], tenant))
+            if row is None:
+                row = DatasetRow(
+                    **{**record, "input_shape": json.dumps(list(record["input_shape"]))}, tenant=tenant
+                )
+                s.add(row)
+                s.flush()
+            return _dataset_dict(row)
+
+    def get_dataset(self, dataset_id: str, tenant: str = DEFAULT_TENANT) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.get(DatasetRow, (dataset_id, tenant))
+            return None if row is None else _dataset_dict(row)
+
+    # -------------------------------------------------------------------- jobs
+    def create_job(
+        self,
+        *,
+        kind: str,
+        request: dict[str, Any],
+        fingerprint: str,
+        tenant: str = DEFAULT_TENANT,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        with self.session() as s:
+            row = JobRow(
+                id=new_job_id(),
+                tenant=tenant,
+                kind=kind,
+                state="queued",
+                name=name,
+                request=json.dumps(request, sort_keys=True),
+                fingerprint=fingerprint,
+                idempotency_key=idempotency_key,
+                created_at=utcnow(),
+            )
+            s.add(row)
+            s.flush()
+            return _job_dict(row)
+
+    def find_by_idempotency_key(self, key: str, tenant: str = DEFAULT_TENANT) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.scalars(
+                select(JobRow).where(JobRow.idempotency_key == key, JobRow.tenant == tenant)
+            ).first()
+            return None if row is None else _job_dict(row)
+
+    def get_job(self, job_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None or (tenant is not None and row.tenant != tenant):
+                return None
+            return _job_dict(row)
+
+    def list_jobs(
+        self,
+        *,
+        tenant: str | None = DEFAULT_TENANT,
+        state: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first; ``before`` = (created_at, id) of the last row of the previous page."""
+        q = select(JobRow)
+        if tenant is not None:
+            q = q.where(JobRow.tenant == tenant)
+        if state:
+            q = q.where(JobRow.state == state)
+        if kind:
+            q = q.where(JobRow.kind == kind)
+        if before is not None:
+            ts, jid = before
+            q = q.where(or_(JobRow.created_at < ts, (JobRow.created_at == ts) & (JobRow.id < jid)))
+        q = q.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)
+        with self.session() as s:
+            return [_job_dict(r) for r in s.scalars(q)]
+
+    def count_active(self, tenant: str) -> int:
+        with self.session() as s:
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(JobRow)
+                    .where(JobRow.tenant == tenant, JobRow.state.in_(ACTIVE_STATES))
+                )
+                or 0
+            )
+
+    def claim_job(self, job_id: str, worker: str, *, stale_after: float) -> bool:
+        """Take a queued job, or a running one whose heartbeat stopped. True if we own it."""
+        now = utcnow()
+        stale = now - timedelta(seconds=stale_after)
+        with self.session() as s:
+            res = s.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    or_(
+                        JobRow.state == "queued",
+                        (JobRow.state == "running")
+                        & or_(JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < stale),
+                    ),
+                    JobRow.cancel_requested.is_(False),
+                )
+                .values(
+                    state="running",
+                    started_at=func.coalesce(JobRow.started_at, now),
+                    heartbeat_at=now,
+                    worker=worker,
+                    attempts=JobRow.attempts + 1,
+                )
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def heartbeat(self, job_id: str, worker: str) -> bool:
+        """Refresh the heartbeat. Returns True when a cancel was requested."""
+        with self.session() as s:
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == "running")
+                .values(heartbeat_at=utcnow(), worker=worker)
+            )
+            row = s.get(JobRow, job_id)
+            return bool(row is not None and row.cancel_requested)
+
+    def set_progress(self, job_id: str, done: int, total: int) -> None:
+        with self.session() as s:
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == "running")
+                .values(progress_done=int(done), progress_total=int(total), heartbeat_at=utcnow())
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        summary: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        artifacts: list[str] | None = None,
+    ) -> bool:
+        """Move a non-terminal job to a terminal state; False if it was already terminal."""
+        assert state in TERMINAL_STATES
+        values: dict[str, Any] = {"state": state, "finished_at": utcnow()}
+        if summary is not None:
+            values["summary"] = json.dumps(summary)
+        if error is not None:
+            values["error"] = json.dumps(error)
+        if artifacts is not None:
+            values["artifacts"] = json.dumps(artifacts)
+        if state == "succeeded":
+            values["progress_done"] = JobRow.progress_total
+        with self.session() as s:
+            res = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state.in_(ACTIVE_STATES))
+                .values(**values)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def request_cancel(self, job_id: str) -> str | None:
+        """Queued -> cancelled at once; running -> flagged (stops at its next check)."""
+        with self.session() as s:
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == "queued")
+                .values(state="cancelled", finished_at=utcnow(), cancel_requested=True)
+            )
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == "running")
+                .values(cancel_requested=True)
+            )
+            row = s.get(JobRow, job_id)
+            return None if row is None else row.state
+
+    def stale_running(self, stale_after: float) -> list[dict[str, Any]]:
+        stale = utcnow() - timedelta(seconds=stale_after)
+        with self.session() as s:
+            rows = s.scalars(
+                select(JobRow).where(
+                    JobRow.state == "running",
+                    or_(JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < stale),
+                )
+            )
+            return [_job_dict(r) for r in rows]
+
+    def stale_queued(self, older_than: float) -> list[str]:
+        """Queued jobs created ``older_than`` seconds ago and never claimed since."""
+        cutoff = utcnow() - timedelta(seconds=older_than)
+        with self.session() as s:
+            q = select(JobRow.id).where(
+                JobRow.state == "queued",
+                JobRow.created_at < cutoff,
+                or_(JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < cutoff),
+            )
+            return list(s.scalars(q))
+
+    def touch(self, job_id: str) -> None:
+        """Mark a queued job as just re-sent (so the reaper waits before re-sending again)."""
+        with self.session() as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(heartbeat_at=utcnow()))
+
+    def release_stale(self, job_id: str, stale_after: float) -> bool:
+        """Reaper: put a job whose worker died back to queued (atomic vs. a live heartbeat)."""
+        stale = utcnow() - timedelta(seconds=stale_after)
+        with self.session() as s:
+            res = s.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    JobRow.state == "running",
+                    or_(JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < stale),
+                )
+                .values(state="queued", worker=None)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------- units
+    def add_units(self, job_id: str, units: list[tuple[str, str, bool]]) -> None:
+        """units: (name, key, already_done). Existing rows are kept (idempotent re-plan)."""
+        with self.session() as s:
+            existing = set(s.scalars(select(UnitRow.name).where(UnitRow.job_id == job_id)))
+            for name, key, done in units:
+                if name not in existing:
+                    s.add(UnitRow(job_id=job_id, name=name, key=key, state="done" if done else "pending"))
+
+    def units(self, job_id: str) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(UnitRow).where(UnitRow.job_id == job_id).order_by(UnitRow.name))
+            return [
+                {
+                    "name": r.name,
+                    "key": r.key,
+                    "state": r.state,
+                    "attempts": r.attempts,
+                    "heartbeat_at": r.heartbeat_at,
+                    "sent_at": r.sent_at,
+                }
+                for r in rows
+            ]
+
+    def mark_units_sent(self, job_id: str, names: list[str]) -> None:
+        with self.session() as s:
+            s.execute(
+                update(UnitRow)
+                .where(UnitRow.job_id == job_id, UnitRow.name.in_(names))
+                .values(sent_at=utcnow())
+            )
+
+    def claim_unit(self, job_id: str, name: str, *, stale_after: float) -> bool:
+        stale = utcnow() - timedelta(seconds=stale_after)
+        now = utcnow()
+        with self.session() as s:
+            res = s.execute(
+                update(UnitRow)
+                .where(
+                    UnitRow.job_id == job_id,
+                    UnitRow.name == name,
+                    or_(
+                        UnitRow.state == "pending",
+                        (UnitRow.state == "running")
+                        & or_(UnitRow.heartbeat_at.is_(None), UnitRow.heartbeat_at < stale),
+                    ),
+                )
+                .values(state="running", heartbeat_at=now, attempts=UnitRow.attempts + 1)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def unit_heartbeat(self, job_id: str, name: str) -> None:
+        with self.session() as s:
+            s.execute(
+                update(UnitRow)
+                .where(UnitRow.job_id == job_id, UnitRow.name == name, UnitRow.state == "running")
+                .values(heartbeat_at=utcnow())
+            )
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(heartbeat_at=utcnow()))
+
+    def finish_unit(self, job_id: str, name: str, state: str = "done") -> tuple[int, int]:
+        """Mark a unit done (or back to pending). Returns (done, total) for the job."""
+        with self.session() as s:
+            s.execute(
+                update(UnitRow).where(UnitRow.job_id == job_id, UnitRow.name == name).values(state=state)
+            )
+            total = s.scalar(select(func.count()).select_from(UnitRow).where(UnitRow.job_id == job_id)) or 0
+            done = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(UnitRow)
+                    .where(UnitRow.job_id == job_id, UnitRow.state == "done")
+                )
+                or 0
+            )
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == "running")
+                .values(progress_done=int(done), progress_total=int(total), heartbeat_at=utcnow())
+            )
+            return int(done), int(total)
+
+    def claim_reduce(self, job_id: str) -> bool:
+        """Exactly one caller wins the right to run the reduce step."""
+        with self.session() as s:
+            res = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == "running", JobRow.reducing.is_(False))
+                .values(reducing=True, heartbeat_at=utcnow())
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def release_reduce(self, job_id: str) -> None:
+        with self.session() as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(reducing=False))
+
+    def stale_units(self, stale_after: float, pending_after: float) -> list[dict[str, Any]]:
+        """Units of running jobs that are running with a stopped heartbeat, or still pending
+        ``pending_after`` seconds after they were sent (their message was lost)."""
+        stale = utcnow() - timedelta(seconds=stale_after)
+        pending_stale = utcnow() - timedelta(seconds=pending_after)
+        with self.session() as s:
+            q = (
+                select(UnitRow)
+                .join(JobRow, JobRow.id == UnitRow.job_id)
+                .where(
+                    JobRow.state == "running",
+                    or_(
+                        (UnitRow.state == "running")
+                        & or_(UnitRow.heartbeat_at.is_(None), UnitRow.heartbeat_at < stale),
+                        (UnitRow.state == "pending")
+                        & or_(UnitRow.sent_at.is_(None), UnitRow.sent_at < pending_stale),
+                    ),
+                )
+            )
+            return [{"job_id": r.job_id, "name": r.name, "attempts": r.attempts} for r in s.scalars(q)]
+
+    def reset_unit(self, job_id: str, name: str) -> None:
+        with self.session() as s:
+            s.execute(
+                update(UnitRow)
+                .where(UnitRow.job_id == job_id, UnitRow.name == name, UnitRow.state != "done")
+                .values(state="pending", sent_at=utcnow())
+            )
+
+
+def _dataset_dict(row: DatasetRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "tenant": row.tenant,
+        "sha256": row.sha256,
+        "format": row.format,
+        "filename": row.filename,
+        "n_train": row.n_train,
+        "n_test": row.n_test,
+        "n_classes": row.n_classes,
+        "input_shape": json.loads(row.input_shape),
+        "size_bytes": row.size_bytes,
+        "created_at": as_utc(row.created_at),
+    }
+
+
+def _job_dict(row: JobRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "tenant": row.tenant,
+        "kind": row.kind,
+        "state": row.state,
+        "name": row.name,
+        "request": json.loads(row.request),
+        "fingerprint": row.fingerprint,
+        "idempotency_key": row.idempotency_key,
+        "progress": {"done": row.progress_done, "total": row.progress_total},
+        "created_at": as_utc(row.created_at),
+        "started_at": as_utc(row.started_at),
+        "finished_at": as_utc(row.finished_at),
+        "heartbeat_at": as_utc(row.heartbeat_at),
+        "worker": row.worker,
+        "attempts": row.attempts,
+        "cancel_requested": row.cancel_requested,
+        "summary": None if row.summary is None else json.loads(row.summary),
+        "error": None if row.error is None else json.loads(row.error),
+        "artifacts": [] if row.artifacts is None else json.loads(row.artifacts),
+    }

@@ -1,0 +1,50 @@
+"""Settings from the environment (``INFOSCORE_*``), with safe defaults for the embedded mode.
+
+One class per process role; both read the shared locations (data dir, database, broker)
+under the same names, so the gateway and the workers agree by construction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFOSCORE_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("infoscore-data"), description="artifacts, datasets, SQLite")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    job_time_limit: int = Field(default=6 * 3600, ge=10, description="seconds a job may run")
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+    stale_after: float = Field(default=60.0, gt=0, description="heartbeat age that marks a worker lost")
+    requeue_pending_after: float = Field(
+        default=3600.0, gt=0, description="re-send a queued job or unit whose message was lost"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is failed")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'infoscore.db').resolve()}"
+
+
+class ServiceSettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth: Literal["off", "required"] = "off"
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1, description="JSON bodies")
+
+
+class WorkerSettings(CommonSettings):
+    worker_concurrency: int = Field(default=1, ge=1)
+    worker_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="cap for jobs that ask 'auto'; 'cpu' keeps a GPU box on CPU"
+    )
+    reaper_interval: float = Field(default=10.0, gt=0)
+    torch_threads: int | None = Field(default=None, ge=1)

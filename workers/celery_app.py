@@ -1,0 +1,76 @@
+"""The Celery application. Importing it loads no torch and touches no CUDA: the worker
+parent forks prefork children, and each child picks its device lazily when a job runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from contracts import tasks as names
+from store.settings import WorkerSettings
+
+log = logging.getLogger("infoscore.worker")
+
+
+def make_celery(settings: WorkerSettings | None = None) -> Celery:
+    settings = settings or WorkerSettings()
+    app = Celery("infoscore", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=names.QUEUE_JOBS,
+        task_create_missing_queues=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # Above the job time limit, so a running job is never redelivered while alive;
+        # a job whose worker died is recovered sooner by the heartbeat reaper.
+        broker_transport_options={
+            "visibility_timeout": 2 * settings.job_time_limit + 60,
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+        },
+        task_soft_time_limit=settings.job_time_limit,
+        task_time_limit=settings.job_time_limit + 60,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+app = make_celery()
+
+
+@worker_process_init.connect
+def _init_child(**_: Any) -> None:
+    # libgomp is not fork-safe once its pool ran: set threads in each child.
+    import torch
+
+    settings = WorkerSettings()
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.worker_concurrency)
+    torch.set_num_threads(threads)
+
+
+_reaper_stop = threading.Event()
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    from .reaper import run_reaper
+
+    thread = threading.Thread(target=run_reaper, args=(app, _reaper_stop), name="reaper", daemon=True)
+    thread.start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    _reaper_stop.set()

@@ -1,0 +1,393 @@
+"""What a worker does with a job id: claim, load, call the runner, write, record.
+
+Nothing scientific lives here. The Celery tasks in ``workers.tasks`` are one-line calls
+into this module, so the same code is exercised by the integration tests through a real
+worker process.
+
+Idempotency: a job is claimed with one conditional UPDATE (queued, or running with a
+stopped heartbeat); a duplicate delivery finds it claimed or finished and does nothing.
+Artifacts are written under the job id with atomic renames, so a rerun overwrites whole
+files only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contracts import tasks as names
+from contracts.jobs import FANOUT_KINDS, parse_job_request
+from contracts.problems import problem
+from store.artifacts import ArtifactStore, atomic_copy, atomic_write_bytes
+from store.db import JobStore
+from store.settings import WorkerSettings
+
+log = logging.getLogger("infoscore.worker")
+
+SendTask = Callable[..., Any]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def request_fingerprint(request: dict[str, Any]) -> str:
+    """Content hash of what determines a job's results (not its name or device)."""
+    core = {k: v for k, v in request.items() if k not in ("name", "device")}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
+class Heartbeat:
+    """Background thread: refreshes the job's heartbeat and watches for a cancel request."""
+
+    def __init__(self, beat: Callable[[], bool], interval: float) -> None:
+        self._beat = beat
+        self._interval = interval
+        self._stop = threading.Event()
+        self.cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if self._beat():
+                    self.cancelled.set()
+            except Exception:  # a DB hiccup must not kill the job; the next beat retries
+                log.warning("heartbeat failed", exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class Throttled:
+    """Progress callback that writes at most every ``interval`` seconds (and the last one)."""
+
+    def __init__(self, write: Callable[[int, int], None], interval: float = 0.5) -> None:
+        self._write = write
+        self._interval = interval
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self._last >= self._interval:
+            self._last = now
+            try:
+                self._write(done, total)
+            except Exception:
+                log.warning("progress write failed", exc_info=True)
+
+
+def choose_device(requested: str, worker_default: str) -> Any:
+    """Device chosen lazily in the child: never touch CUDA in the worker parent."""
+    from infoscore.training import resolve_device
+
+    if requested == "auto" and worker_default == "cpu":
+        return resolve_device("cpu")
+    return resolve_device(requested)
+
+
+class Executor:
+    def __init__(self, settings: WorkerSettings, send_task: SendTask) -> None:
+        self.settings = settings
+        self.store = JobStore(settings.resolved_database_url())
+        self.artifacts = ArtifactStore(settings.data_dir)
+        self.send_task = send_task
+        self.name = worker_name()
+
+    # ------------------------------------------------------------------ context
+    def _context(self, job: dict[str, Any], workdir: Path, hb: Heartbeat | None) -> Any:
+        from workers.datasets import load_dataset
+        from workers.runners.base import JobContext
+
+        req = parse_job_request(job["request"])
+        dataset = load_dataset(req.dataset, self.settings.data_dir)
+        device = choose_device(req.device, self.settings.worker_device)
+        job_id = job["id"]
+        return JobContext(
+            job_id=job_id,
+            request=req,
+            dataset=dataset,
+            device=device,
+            progress=Throttled(lambda d, t: self.store.set_progress(job_id, d, t)),
+            should_stop=(hb.cancelled.is_set if hb is not None else (lambda: False)),
+            workdir=workdir,
+        )
+
+    # ---------------------------------------------------------------- run_job
+    def run_job(self, job_id: str) -> str:
+        job = self.store.get_job(job_id)
+        if job is None:
+            log.warning("job %s not found; dropping the message", job_id)
+            return "missing"
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job["state"]
+        if job["cancel_requested"]:
+            self.store.finish(job_id, "cancelled")
+            return "cancelled"
+        if not self.store.claim_job(job_id, self.name, stale_after=self.settings.stale_after):
+            return "not-claimed"
+        job = self.store.get_job(job_id)
+        assert job is not None
+        if job["attempts"] > self.settings.max_attempts:
+            self._fail(
+                job_id,
+                problem(
+                    500,
+                    f"The job's worker was lost {job['attempts'] - 1} times (killed, out of memory or "
+                    f"crashed); giving up after max_attempts={self.settings.max_attempts}.",
+                    type_="worker-lost",
+                ),
+            )
+            return "failed"
+        log.info("running job %s (%s), attempt %d", job_id, job["kind"], job["attempts"])
+        with (
+            Heartbeat(lambda: self.store.heartbeat(job_id, self.name), self.settings.heartbeat_interval) as hb,
+            tempfile.TemporaryDirectory(dir=self.artifacts.tmp_dir()) as tmp,
+        ):
+            return self._guarded(job_id, lambda: self._run_job_body(job, Path(tmp), hb))
+
+    def _run_job_body(self, job: dict[str, Any], workdir: Path, hb: Heartbeat) -> str:
+        from workers.runners import get_runner
+
+        ctx = self._context(job, workdir, hb)
+        runner = get_runner(job["kind"])
+        if job["kind"] in FANOUT_KINDS:
+            return self._start_fanout(job, runner, ctx)
+        started = time.perf_counter()
+        output = runner.run(ctx)
+        output.summary.setdefault("seconds", round(time.perf_counter() - started, 3))
+        return self._complete(job, ctx, output)
+
+    def _guarded(self, job_id: str, body: Callable[[], str]) -> str:
+        """Map every outcome of a job body to a terminal state with a problem+json."""
+        from billiard.exceptions import SoftTimeLimitExceeded  # type: ignore[import-untyped]
+
+        from infoscore.errors import Cancelled, InvalidInputError, NumericalError
+
+        try:
+            return body()
+        except Cancelled:
+            self.store.finish(job_id, "cancelled")
+            return "cancelled"
+        except InvalidInputError as exc:
+            param = getattr(exc, "param", None)
+            self._fail(job_id, problem(422, str(exc), type_="invalid-input", param=param))
+        except NumericalError as exc:
+            self._fail(job_id, problem(422, str(exc), type_="numerical-error"))
+        except SoftTimeLimitExceeded:
+            self._fail(
+                job_id,
+                problem(
+                    500,
+                    f"The job ran past the time limit of {self.settings.job_time_limit} s "
+                    "(INFOSCORE_JOB_TIME_LIMIT).",
+                    type_="time-limit",
+                ),
+            )
+        except MemoryError:
+            self._fail(job_id, problem(500, "The job ran out of memory on the worker.", type_="out-of-memory"))
+        except OSError as exc:
+            self._fail(job_id, problem(500, f"Storage error while running the job: {exc}", type_="storage"))
+        except Exception as exc:
+            log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+            self._fail(
+                job_id,
+                problem(500, f"The job failed: {type(exc).__name__}: {exc}", type_="job-error"),
+            )
+        return "failed"
+
+    def _fail(self, job_id: str, error: dict[str, Any]) -> None:
+        self.store.finish(job_id, "failed", error={**error, "instance": f"/v1/jobs/{job_id}"})
+
+    # ----------------------------------------------------------------- output
+    def _complete(self, job: dict[str, Any], ctx: Any, output: Any) -> str:
+        job_id = job["id"]
+        summary = dict(output.summary)
+        ds = ctx.dataset
+        summary.setdefault(
+            "dataset", {"n_train": ds.n_train, "n_test": ds.n_test, "n_classes": ds.n_classes}
+        )
+        summary["device"] = str(ctx.device)
+        written: list[str] = []
+        if output.scores is not None:
+            table = per_sample_table(ds, output.scores, builtin=not isinstance(job["request"]["dataset"], str))
+            buf = io.StringIO()
+            table.to_csv(buf, index=False)
+            self.artifacts.write(job_id, "scores.csv", buf.getvalue().encode())
+            pq = io.BytesIO()
+            table.to_parquet(pq, index=False)
+            self.artifacts.write(job_id, "scores.parquet", pq.getvalue())
+            written += ["scores.csv", "scores.parquet"]
+        for name, content in output.files.items():
+            if isinstance(content, bytes | bytearray):
+                self.artifacts.write(job_id, name, bytes(content))
+            else:
+                atomic_copy(Path(content), self.artifacts.artifact_path(job_id, name))
+            written.append(name)
+        summary_bytes = json.dumps(summary, indent=2, default=_json_default).encode()
+        self.artifacts.write(job_id, "summary.json", summary_bytes)
+        written.append("summary.json")
+        # Round-trip through JSON so the stored summary is exactly the artifact's.
+        self.store.finish(job_id, "succeeded", summary=json.loads(summary_bytes), artifacts=sorted(written))
+        log.info("job %s succeeded", job_id)
+        return "succeeded"
+
+    # ---------------------------------------------------------------- fan-out
+    def _start_fanout(self, job: dict[str, Any], runner: Any, ctx: Any) -> str:
+        job_id = job["id"]
+        units = runner.plan(ctx)
+        rows = []
+        for unit in units:
+            key = unit.key(job["fingerprint"])
+            rows.append((unit.name, key, self._unit_cached(key)))
+        self.store.add_units(job_id, rows)
+        state_units = self.store.units(job_id)
+        pending = [u["name"] for u in state_units if u["state"] != "done"]
+        done = len(state_units) - len(pending)
+        self.store.set_progress(job_id, done, len(state_units))
+        log.info("job %s fans out: %d units, %d cached", job_id, len(state_units), done)
+        if not pending:
+            return self._maybe_reduce(job_id)
+        self.store.mark_units_sent(job_id, pending)
+        for name in pending:
+            self.send_task(names.RUN_UNIT, args=[job_id, name], queue=names.QUEUE_JOBS)
+        return "fanned-out"
+
+    def _unit_cached(self, key: str) -> bool:
+        path = self.artifacts.unit_path(key)
+        if not path.exists():
+            return False
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                z.files  # noqa: B018 - opening validates the zip directory
+            return True
+        except Exception:
+            log.warning("unit cache %s unreadable; recomputing", path)
+            return False
+
+    def run_unit(self, job_id: str, name: str) -> str:
+        job = self.store.get_job(job_id)
+        if job is None or job["state"] != "running":
+            return "skipped"
+        if job["cancel_requested"]:
+            self.store.finish(job_id, "cancelled")
+            return "cancelled"
+        if not self.store.claim_unit(job_id, name, stale_after=self.settings.stale_after):
+            return "not-claimed"
+
+        def beat() -> bool:
+            self.store.unit_heartbeat(job_id, name)
+            current = self.store.get_job(job_id)
+            return bool(current and current["cancel_requested"])
+
+        with (
+            Heartbeat(beat, self.settings.heartbeat_interval) as hb,
+            tempfile.TemporaryDirectory(dir=self.artifacts.tmp_dir()) as tmp,
+        ):
+            return self._guarded(job_id, lambda: self._run_unit_body(job, name, Path(tmp), hb))
+
+    def _run_unit_body(self, job: dict[str, Any], name: str, workdir: Path, hb: Heartbeat) -> str:
+        from workers.runners import get_runner
+
+        job_id = job["id"]
+        runner = get_runner(job["kind"])
+        ctx = self._context(job, workdir, hb)
+        unit = next((u for u in runner.plan(ctx) if u.name == name), None)
+        if unit is None:
+            raise RuntimeError(f"unit {name!r} is not in the job's plan")
+        key = unit.key(job["fingerprint"])
+        if not self._unit_cached(key):
+            ctx.progress = lambda d, t: None  # job progress counts units, not unit steps
+            result = runner.run_unit(ctx, unit)
+            buf = io.BytesIO()
+            np.savez(buf, **{k: np.asarray(v) for k, v in result.items()})
+            atomic_write_bytes(self.artifacts.unit_path(key), buf.getvalue())
+        done, total = self.store.finish_unit(job_id, name)
+        if done == total:
+            return self._maybe_reduce(job_id, ctx=ctx, runner=runner)
+        return "unit-done"
+
+    def reduce_job(self, job_id: str) -> str:
+        job = self.store.get_job(job_id)
+        if job is None or job["state"] != "running":
+            return "skipped"
+        return self._maybe_reduce(job_id)
+
+    def _maybe_reduce(self, job_id: str, ctx: Any = None, runner: Any = None) -> str:
+        if not self.store.claim_reduce(job_id):
+            return "reduce-claimed-elsewhere"
+        job = self.store.get_job(job_id)
+        assert job is not None
+
+        def body() -> str:
+            from workers.runners import get_runner
+
+            with tempfile.TemporaryDirectory(dir=self.artifacts.tmp_dir()) as tmp:
+                local_ctx = ctx or self._context(job, Path(tmp), None)
+                local_runner = runner or get_runner(job["kind"])
+                results: dict[str, dict[str, np.ndarray]] = {}
+                for unit in self.store.units(job_id):
+                    with np.load(self.artifacts.unit_path(unit["key"]), allow_pickle=False) as z:
+                        results[unit["name"]] = {k: z[k] for k in z.files}
+                started = time.perf_counter()
+                output = local_runner.reduce(local_ctx, results)
+                output.summary.setdefault("reduce_seconds", round(time.perf_counter() - started, 3))
+                return self._complete(job, local_ctx, output)
+
+        try:
+            with Heartbeat(lambda: self.store.heartbeat(job_id, self.name), self.settings.heartbeat_interval):
+                return self._guarded(job_id, body)
+        finally:
+            self.store.release_reduce(job_id)
+
+
+def per_sample_table(ds: Any, scores: Any, *, builtin: bool) -> Any:
+    """Prefix the runner's score columns with index, id, label and label_noisy."""
+    import pandas as pd
+
+    if len(scores) != ds.n_train:
+        raise RuntimeError(f"runner returned {len(scores)} score rows for {ds.n_train} training samples")
+    front: dict[str, Any] = {"index": np.arange(ds.n_train)}
+    if ds.ids is not None:
+        front["id"] = ds.ids
+    front["label"] = ds.y_train
+    if builtin and ds.noisy_mask is not None:
+        front["label_noisy"] = ds.noisy_mask.astype(bool)
+    table = pd.DataFrame(front)
+    scores = scores.reset_index(drop=True)
+    for col in scores.columns:
+        table[col] = scores[col].to_numpy()
+    return table
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def remove_job_artifacts(artifacts: ArtifactStore, job_id: str) -> None:
+    shutil.rmtree(artifacts.job_dir(job_id), ignore_errors=True)
