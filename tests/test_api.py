@@ -1,0 +1,187 @@
+"""The HTTP API against a real redis (no worker needed): validation, problem+json for
+every client error, nothing half-stored, listing, cancellation of queued jobs, paging."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+PROBLEM = "application/problem+json"
+TD = {
+    "kind": "training-dynamics",
+    "dataset": {"builtin": "digits", "label_noise": 0.2},
+    "model": {"arch": "mlp"},
+    "params": {"epochs": 2, "el2n_epoch": 1},
+}
+
+
+def _npz(**arrays: Any) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _assert_problem(r: Any, status: int, *needles: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM), r.headers
+    body: dict[str, Any] = r.json()
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert body["status"] == status
+    for needle in needles:
+        assert needle in body["detail"], body["detail"]
+    return body
+
+
+def _stored_datasets(data_dir: Path) -> list[str]:
+    d = data_dir / "datasets"
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def test_service_import_does_not_load_torch() -> None:
+    code = "import sys, service.app, service.cli, service.client, contracts.jobs; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_health_ready_metrics_openapi(api: Any) -> None:
+    assert api.get("/healthz").json() == {"status": "ok"}
+    ready = api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert "/v1/jobs" in api.get("/openapi.json").json()["paths"]
+    api.get("/healthz")
+    assert "infoscore_http_requests_total" in api.get("/metrics").text
+
+
+def test_upload_npz_then_get(api: Any, environment: Any) -> None:
+    rng = np.random.default_rng(0)
+    body = _npz(
+        x=rng.normal(size=(30, 4)),
+        y=np.arange(30) % 3,
+        x_test=rng.normal(size=(6, 4)),
+        y_test=np.arange(6) % 3,
+    )
+    r = api.post("/v1/datasets", files={"file": ("d.npz", body)})
+    assert r.status_code == 201, r.text
+    rec = r.json()
+    assert (rec["n_train"], rec["n_test"], rec["n_classes"], rec["input_shape"]) == (30, 6, 3, [4])
+    assert rec["id"].startswith("ds_") and len(rec["sha256"]) == 64
+    assert r.headers["location"] == f"/v1/datasets/{rec['id']}"
+    assert api.get(f"/v1/datasets/{rec['id']}").json()["id"] == rec["id"]
+    again = api.post("/v1/datasets", files={"file": ("copy.npz", body)})
+    assert again.status_code == 200 and again.json()["id"] == rec["id"]
+    _assert_problem(api.get("/v1/datasets/ds_" + "0" * 32), 404, "No dataset")
+
+
+def test_upload_csv_with_split(api: Any) -> None:
+    csv = "f1,f2,label,split\n0.1,1.0,0,train\n0.2,0.5,1,train\n0.3,0.1,1,test\n0.9,0.2,0,train\n"
+    r = api.post("/v1/datasets", files={"file": ("t.csv", csv.encode())})
+    assert r.status_code == 201, r.text
+    assert (r.json()["n_train"], r.json()["n_test"], r.json()["format"]) == (3, 1, "csv")
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "needle"),
+    [
+        ("bad.npz", b"PK\x03\x04garbage-not-a-zip", ""),
+        ("obj.npz", _npz(x=np.array([{"a": 1}] * 3, dtype=object), y=np.array([0, 1, 0])), "pickle"),
+        ("nan.npz", _npz(x=np.array([[0.0], [np.nan], [1.0]]), y=np.array([0, 1, 0])), "x"),
+        ("neg.npz", _npz(x=np.zeros((3, 2)), y=np.array([0, -1, 1])), "y"),
+        ("len.npz", _npz(x=np.zeros((3, 2)), y=np.array([0, 1])), "y"),
+        ("nolabel.csv", b"a,b\n1,2\n3,4\n", "label"),
+        ("empty.npz", b"", "empty"),
+    ],
+)
+def test_bad_uploads_are_422_and_nothing_is_stored(
+    api: Any, environment: Any, name: str, payload: bytes, needle: str
+) -> None:
+    before = _stored_datasets(environment.data_dir)
+    r = api.post("/v1/datasets", files={"file": (name, payload)})
+    _assert_problem(r, 422, needle)
+    assert _stored_datasets(environment.data_dir) == before
+    assert not list((environment.data_dir / "tmp").glob("upload-*"))
+
+
+def test_pickle_payload_is_never_loaded(api: Any, environment: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(subprocess.Popen)  # a pickle stream, not an npz
+    r = api.post("/v1/datasets", files={"file": ("evil.npz", evil)})
+    assert r.status_code == 422
+    assert not marker.exists()
+
+
+def test_oversize_upload_is_413(api: Any, environment: Any) -> None:
+    big = b"0" * 2_100_000
+    r = api.post("/v1/datasets", files={"file": ("big.csv", big)})
+    _assert_problem(r, 413, "limit")
+    assert _stored_datasets(environment.data_dir) == []
+
+
+def test_oversize_json_is_413(api: Any) -> None:
+    r = api.post("/v1/jobs", json={**TD, "name": "x" * 70_000})
+    _assert_problem(r, 413, "limit")
+
+
+def test_unknown_kind_and_bad_params_are_422(api: Any) -> None:
+    body = _assert_problem(api.post("/v1/jobs", json={**TD, "kind": "nope"}), 422)
+    assert body["errors"]
+    body = _assert_problem(api.post("/v1/jobs", json={**TD, "params": {"epochs": 0}}), 422, "epochs")
+    _assert_problem(
+        api.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}), 422
+    )
+    _assert_problem(api.post("/v1/jobs", json={**TD, "dataset": "ds_" + "1" * 32}), 422, "does not exist")
+    assert api.get("/v1/jobs").json()["items"] == []
+
+
+def test_submit_list_cancel_queued(api: Any) -> None:
+    r = api.post("/v1/jobs", json=TD)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["state"] == "queued" and job["kind"] == "training-dynamics"
+    assert job["request"]["params"]["epochs"] == 2
+    other = api.post("/v1/jobs", json={**TD, "kind": "limit", "params": {}}).json()
+    assert [j["id"] for j in api.get("/v1/jobs", params={"kind": "limit"}).json()["items"]] == [other["id"]]
+    page = api.get("/v1/jobs", params={"limit": 1}).json()
+    assert len(page["items"]) == 1 and page["next_cursor"]
+    rest = api.get("/v1/jobs", params={"limit": 1, "cursor": page["next_cursor"]}).json()
+    assert {page["items"][0]["id"], rest["items"][0]["id"]} == {job["id"], other["id"]}
+    _assert_problem(api.get("/v1/jobs", params={"cursor": "!!!"}), 400, "cursor")
+    _assert_problem(api.get("/v1/jobs", params={"kind": "bogus"}), 422, "kind")
+
+    cancelled = api.delete(f"/v1/jobs/{job['id']}")
+    assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
+    _assert_problem(api.delete(f"/v1/jobs/{job['id']}"), 409, "already ended")
+    assert [j["id"] for j in api.get("/v1/jobs", params={"state": "cancelled"}).json()["items"]] == [job["id"]]
+    _assert_problem(api.get(f"/v1/jobs/{other['id']}/result"), 409, "queued")
+    _assert_problem(api.get("/v1/jobs/job_" + "0" * 24), 404, "No job")
+
+
+def test_idempotency_key(api: Any) -> None:
+    first = api.post("/v1/jobs", json=TD, headers={"Idempotency-Key": "abc"})
+    second = api.post("/v1/jobs", json=TD, headers={"Idempotency-Key": "abc"})
+    assert first.json()["id"] == second.json()["id"]
+    changed = {**TD, "params": {"epochs": 3, "el2n_epoch": 1}}
+    _assert_problem(api.post("/v1/jobs", json=changed, headers={"Idempotency-Key": "abc"}), 409, "Idempotency")
+
+
+def test_artifact_names_are_checked(api: Any) -> None:
+    job = api.post("/v1/jobs", json=TD).json()
+    _assert_problem(api.get(f"/v1/jobs/{job['id']}/artifacts/.infoscore.db"), 400, "not valid")
+    _assert_problem(api.get(f"/v1/jobs/{job['id']}/artifacts/a..b"), 400, "not valid")
+    for path in ("..%2F..%2Finfoscore.db", "../../infoscore.db", "%2e%2e%2finfoscore.db"):
+        r = api.get(f"/v1/jobs/{job['id']}/artifacts/{path}")
+        assert r.status_code in (400, 404) and r.headers["content-type"].startswith(PROBLEM)
+    _assert_problem(api.get(f"/v1/jobs/{job['id']}/artifacts/scores.csv"), 404, "no artifact")
+    assert api.get(f"/v1/jobs/{job['id']}/artifacts").json()["artifacts"] == []
+
+
+def test_unknown_route_and_method_are_problems(api: Any) -> None:
+    _assert_problem(api.get("/v2/nothing"), 404)
+    _assert_problem(api.put("/v1/jobs"), 405)

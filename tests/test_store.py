@@ -1,0 +1,165 @@
+"""The SQL job store on SQLite and on a real PostgreSQL server (INFOSCORE_TEST_POSTGRES_URL,
+started by .ci/run). Ownership races are settled by conditional updates: tested here."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from store.db import JobStore
+
+
+def _postgres_url() -> str | None:
+    return os.environ.get("INFOSCORE_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    if request.param == "sqlite":
+        s = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    else:
+        url = _postgres_url()
+        if not url:
+            pytest.skip("INFOSCORE_TEST_POSTGRES_URL not set (.ci/run starts a PostgreSQL server)")
+        s = JobStore(url)
+    yield s
+    s.dispose()
+
+
+def _job(store: JobStore, tenant: str = "default", **kw: object) -> dict:
+    return store.create_job(
+        kind="training-dynamics",
+        request={"kind": "training-dynamics", "x": uuid.uuid4().hex},
+        fingerprint=uuid.uuid4().hex,
+        tenant=tenant,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_create_get_and_tenant_isolation(store: JobStore) -> None:
+    job = _job(store, tenant="t-" + uuid.uuid4().hex[:6])
+    assert job["state"] == "queued" and job["attempts"] == 0
+    assert store.get_job(job["id"], job["tenant"])["id"] == job["id"]  # type: ignore[index]
+    assert store.get_job(job["id"], "someone-else") is None
+    assert store.get_job("job_" + "0" * 24) is None
+
+
+def test_claim_is_exclusive_and_heartbeat_protects_a_running_job(store: JobStore) -> None:
+    job = _job(store)
+    assert store.claim_job(job["id"], "w1", stale_after=60)
+    assert not store.claim_job(job["id"], "w2", stale_after=60)
+    assert store.get_job(job["id"])["attempts"] == 1  # type: ignore[index]
+    # A heartbeat older than stale_after lets another worker take over.
+    time.sleep(1.1)
+    assert store.claim_job(job["id"], "w2", stale_after=1)
+    row = store.get_job(job["id"])
+    assert row is not None and row["worker"] == "w2" and row["attempts"] == 2
+
+
+def test_concurrent_claims_have_one_winner(store: JobStore) -> None:
+    job = _job(store)
+    wins: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda i=i: wins.append(store.claim_job(job["id"], f"w{i}", stale_after=60)))
+        for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(wins) == 1
+
+
+def test_finish_only_once_and_keeps_summary(store: JobStore) -> None:
+    job = _job(store)
+    store.claim_job(job["id"], "w", stale_after=60)
+    store.set_progress(job["id"], 3, 10)
+    assert store.finish(job["id"], "succeeded", summary={"a": 1}, artifacts=["summary.json"])
+    assert not store.finish(job["id"], "failed", error={"detail": "late"})
+    row = store.get_job(job["id"])
+    assert row is not None
+    assert row["state"] == "succeeded" and row["summary"] == {"a": 1} and row["error"] is None
+    assert row["progress"] == {"done": 10, "total": 10}
+
+
+def test_cancel_queued_is_immediate_and_running_is_flagged(store: JobStore) -> None:
+    queued = _job(store)
+    assert store.request_cancel(queued["id"]) == "cancelled"
+    assert not store.claim_job(queued["id"], "w", stale_after=60)
+    running = _job(store)
+    store.claim_job(running["id"], "w", stale_after=60)
+    assert store.request_cancel(running["id"]) == "running"
+    assert store.heartbeat(running["id"], "w") is True
+
+
+def test_reaper_release_needs_a_stale_heartbeat(store: JobStore) -> None:
+    job = _job(store)
+    store.claim_job(job["id"], "w", stale_after=60)
+    assert not store.release_stale(job["id"], stale_after=60)
+    time.sleep(1.1)
+    assert [j["id"] for j in store.stale_running(1) if j["id"] == job["id"]] == [job["id"]]
+    assert store.release_stale(job["id"], stale_after=1)
+    assert store.get_job(job["id"])["state"] == "queued"  # type: ignore[index]
+
+
+def test_units_progress_and_single_reducer(store: JobStore) -> None:
+    job = _job(store)
+    store.claim_job(job["id"], "w", stale_after=60)
+    store.add_units(job["id"], [("u0", "a" * 32, True), ("u1", "b" * 32, False), ("u2", "c" * 32, False)])
+    store.add_units(job["id"], [("u0", "a" * 32, False)])  # re-plan keeps existing rows
+    assert [u["state"] for u in store.units(job["id"])] == ["done", "pending", "pending"]
+    assert store.claim_unit(job["id"], "u1", stale_after=60)
+    assert not store.claim_unit(job["id"], "u1", stale_after=60)
+    assert store.finish_unit(job["id"], "u1") == (2, 3)
+    assert store.finish_unit(job["id"], "u2") == (3, 3)
+    assert store.get_job(job["id"])["progress"] == {"done": 3, "total": 3}  # type: ignore[index]
+    assert store.claim_reduce(job["id"])
+    assert not store.claim_reduce(job["id"])
+    store.release_reduce(job["id"])
+    assert store.claim_reduce(job["id"])
+
+
+def test_list_filters_and_pagination(store: JobStore) -> None:
+    tenant = "list-" + uuid.uuid4().hex[:6]
+    ids = [_job(store, tenant=tenant)["id"] for _ in range(5)]
+    store.request_cancel(ids[0])
+    page1 = store.list_jobs(tenant=tenant, limit=3)
+    assert len(page1) == 3
+    last = page1[-1]
+    page2 = store.list_jobs(tenant=tenant, limit=3, before=(last["created_at"].replace(tzinfo=None), last["id"]))
+    assert {j["id"] for j in page1} | {j["id"] for j in page2} == set(ids)
+    assert [j["id"] for j in store.list_jobs(tenant=tenant, state="cancelled")] == [ids[0]]
+    assert store.count_active(tenant) == 4
+
+
+def test_idempotency_key_lookup(store: JobStore) -> None:
+    key = uuid.uuid4().hex
+    job = _job(store, idempotency_key=key)
+    found = store.find_by_idempotency_key(key)
+    assert found is not None and found["id"] == job["id"]
+    assert store.find_by_idempotency_key(key, tenant="other") is None
+
+
+def test_datasets_dedupe_by_content_id(store: JobStore) -> None:
+    rec = {
+        "id": "ds_" + uuid.uuid4().hex,
+        "sha256": "f" * 64,
+        "format": "npz",
+        "filename": "a.npz",
+        "n_train": 10,
+        "n_test": 2,
+        "n_classes": 3,
+        "input_shape": [4],
+        "size_bytes": 123,
+    }
+    first = store.add_dataset(rec)
+    second = store.add_dataset({**rec, "filename": "b.npz"})
+    assert first["filename"] == second["filename"] == "a.npz"
+    assert store.get_dataset(rec["id"])["input_shape"] == [4]  # type: ignore[index]
+    assert store.get_dataset(rec["id"], tenant="other") is None
