@@ -83,7 +83,7 @@ def inject_label_noise(
         raise invalid("n_classes", "inject_label_noise", "at least 2 when noise is added", n_classes)
     rng = _rng(seed)
     y = np.asarray(y, dtype=np.int64)
-    flip = rng.random(y.shape[0]) < rate
+    flip = np.asarray(rng.random(y.shape[0]) < rate, dtype=bool)
     noisy = y.copy()
     if kind == "uniform":
         # Shift by 1..k-1: uniform over the other classes.
@@ -102,7 +102,7 @@ def _stratified_split(
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         rng.shuffle(idx)
-        n_test = int(round(test_fraction * idx.size))
+        n_test = round(test_fraction * idx.size)
         test_idx.append(idx[:n_test])
         train_idx.append(idx[n_test:])
     tr = np.concatenate(train_idx)
@@ -165,9 +165,7 @@ def load_digits(
     y = np.asarray(bunch.target, dtype=np.int64)
     n_classes = 10
     if classes is not None:
-        if len(classes) < 2 or len(set(classes)) != len(classes) or any(
-            c not in range(10) for c in classes
-        ):
+        if len(classes) < 2 or len(set(classes)) != len(classes) or any(c not in range(10) for c in classes):
             raise invalid("classes", "load_digits", "at least 2 distinct digits in 0..9", classes)
         keep = np.isin(y, classes)
         x, y = x[keep], y[keep]
@@ -185,9 +183,7 @@ def load_digits(
         "seed": seed,
         "scaling": "pixel / 16",
     }
-    return _finish(
-        x[tr], y[tr], x[te], y[te], n_classes, (1, 8, 8), label_noise, noise, seed, info
-    )
+    return _finish(x[tr], y[tr], x[te], y[te], n_classes, (1, 8, 8), label_noise, noise, seed, info)
 
 
 def make_gaussians(

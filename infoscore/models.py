@@ -86,7 +86,7 @@ def _cnn(spec: Mapping[str, Any], input_shape: tuple[int, ...], k: int) -> nn.Mo
     shape = spec.get("input_shape") or input_shape
     shape = tuple(int(s) for s in shape)
     if len(shape) == 1:
-        side = int(round(math.sqrt(shape[0])))
+        side = math.isqrt(shape[0])
         if side * side != shape[0]:
             raise invalid(
                 "input_shape",
@@ -98,9 +98,7 @@ def _cnn(spec: Mapping[str, Any], input_shape: tuple[int, ...], k: int) -> nn.Mo
     if len(shape) == 2:
         shape = (1, *shape)
     if len(shape) != 3 or _flat_dim(shape) != _flat_dim(input_shape):
-        raise invalid(
-            "input_shape", "build_model", f"(C, H, W) with C*H*W = {_flat_dim(input_shape)}", shape
-        )
+        raise invalid("input_shape", "build_model", f"(C, H, W) with C*H*W = {_flat_dim(input_shape)}", shape)
     channels = list(spec.get("channels", [16, 32]))
     if len(channels) != 2 or any((not isinstance(c, int)) or c < 1 for c in channels):
         raise invalid("channels", "build_model", "two positive integers", channels)

@@ -122,7 +122,9 @@ def _decode_cursor(cursor: str) -> dict[str, Any]:
         return value
     except Exception as exc:
         raise ProblemError(
-            400, f"The 'cursor' parameter is not a cursor this API issued. Got {cursor!r}.", type_="bad-cursor"
+            400,
+            f"The 'cursor' parameter is not a cursor this API issued. Got {cursor!r}.",
+            type_="bad-cursor",
         ) from exc
 
 
@@ -285,7 +287,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             raise ProblemError(
                 422,
                 f"The 'dataset' {job.dataset!r} does not exist; upload it with POST /v1/datasets "
-                "or give a built-in such as {\"builtin\": \"digits\"}.",
+                'or give a built-in such as {"builtin": "digits"}.',
                 type_="unknown-dataset",
                 field="dataset",
             )
@@ -392,7 +394,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             table = pd.read_parquet(path)
         except Exception as exc:
             raise ProblemError(
-                500, f"The stored table of job {job_id} is unreadable ({type(exc).__name__}).", type_="corrupt"
+                500,
+                f"The stored table of job {job_id} is unreadable ({type(exc).__name__}).",
+                type_="corrupt",
             ) from exc
         if sort is not None:
             if sort not in table.columns:
@@ -435,7 +439,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         items = []
         for name in gw.artifacts.list(job_id):
             p = gw.artifacts.artifact_path(job_id, name)
-            items.append({"name": name, "size_bytes": p.stat().st_size, "url": f"/v1/jobs/{job_id}/artifacts/{name}"})
+            items.append(
+                {"name": name, "size_bytes": p.stat().st_size, "url": f"/v1/jobs/{job_id}/artifacts/{name}"}
+            )
         return {"job_id": job_id, "artifacts": items}
 
     @app.get("/v1/jobs/{job_id}/artifacts/{name}", tags=["jobs"])
@@ -458,4 +464,3 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return FileResponse(path, media_type=media, filename=name)
 
     return app
-

@@ -12,11 +12,11 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="infoscore: sample information as a service.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="infoscore: sample information as a service."
+)
 
-UrlOpt = Annotated[
-    str, typer.Option("--url", envvar="INFOSCORE_URL", help="API base URL")
-]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="INFOSCORE_URL", help="API base URL")]
 KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="INFOSCORE_API_KEY", help="Bearer key")]
 
 
@@ -55,11 +55,13 @@ def _api_errors(fn: Any) -> Any:
 def up(
     host: Annotated[str, typer.Option(help="API bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port")] = 8000,
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="datasets, artifacts, SQLite, broker AOF")] = Path(
-        "infoscore-data"
-    ),
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="datasets, artifacts, SQLite, broker AOF")
+    ] = Path("infoscore-data"),
     workers: Annotated[int, typer.Option(min=1, help="worker processes (Celery prefork concurrency)")] = 1,
-    log_dir: Annotated[Path | None, typer.Option(help="write worker/api logs here instead of the console")] = None,
+    log_dir: Annotated[
+        Path | None, typer.Option(help="write worker/api logs here instead of the console")
+    ] = None,
 ) -> None:
     """Run the embedded service: bundled broker + one worker + the API. Ctrl-C stops all."""
     from .supervisor import Supervisor
@@ -100,7 +102,9 @@ def api() -> None:
 
 @app.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(help="processes (default INFOSCORE_WORKER_CONCURRENCY)")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="processes (default INFOSCORE_WORKER_CONCURRENCY)")
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
     """Run one Celery worker (prefork) against INFOSCORE_BROKER_URL / INFOSCORE_DATABASE_URL."""
@@ -139,7 +143,9 @@ def upload(path: Path, url: UrlOpt = "http://127.0.0.1:8000", api_key: KeyOpt = 
 @app.command()
 @_api_errors
 def submit(
-    request: Annotated[str, typer.Argument(help="job request as a JSON file path, '-' for stdin, or inline JSON")],
+    request: Annotated[
+        str, typer.Argument(help="job request as a JSON file path, '-' for stdin, or inline JSON")
+    ],
     wait: Annotated[bool, typer.Option("--wait", help="block until the job ends")] = False,
     url: UrlOpt = "http://127.0.0.1:8000",
     api_key: KeyOpt = None,

@@ -30,7 +30,9 @@ class InfoscoreAPIError(Exception):
 
 
 class InfoscoreClient:
-    def __init__(self, url: str = "http://127.0.0.1:8000", *, api_key: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", *, api_key: str | None = None, timeout: float = 30.0
+    ):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
@@ -68,7 +70,9 @@ class InfoscoreClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._check(self.http.delete(f"/v1/jobs/{job_id}")).json())
 
-    def list(self, *, state: str | None = None, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list(
+        self, *, state: str | None = None, kind: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
         params = {k: v for k, v in {"state": state, "kind": kind, "limit": limit}.items() if v is not None}
         return list(self._check(self.http.get("/v1/jobs", params=params)).json()["items"])
 
@@ -84,7 +88,13 @@ class InfoscoreClient:
             time.sleep(poll)
 
     def result(
-        self, job_id: str, *, sort: str | None = None, order: str = "desc", limit: int = 100, cursor: str | None = None
+        self,
+        job_id: str,
+        *,
+        sort: str | None = None,
+        order: str = "desc",
+        limit: int = 100,
+        cursor: str | None = None,
     ) -> dict[str, Any]:
         params: dict[str, Any] = {"order": order, "limit": limit}
         if sort:

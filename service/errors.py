@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -42,7 +43,12 @@ class BodyTooLarge(Exception):
 
 
 def problem_response(
-    status: int, detail: str, *, instance: str | None = None, headers: dict[str, str] | None = None, **kw: Any
+    status: int,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **kw: Any,
 ) -> JSONResponse:
     return JSONResponse(
         problem(status, detail, instance=instance, **kw),
@@ -71,9 +77,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": _loc(e), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
-        ]
+        errors = [{"loc": _loc(e), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
         detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:10]) or "invalid request"
         return problem_response(
             422, detail, instance=request.url.path, type_="validation-error", errors=errors

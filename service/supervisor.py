@@ -227,7 +227,10 @@ class Supervisor:
             for child in (broker, api):
                 assert child.proc is not None
                 if child.proc.poll() is not None and not self._stopping:
-                    print(f"infoscore: the {child.name} exited ({child.proc.returncode}); stopping.", file=sys.stderr)
+                    print(
+                        f"infoscore: the {child.name} exited ({child.proc.returncode}); stopping.",
+                        file=sys.stderr,
+                    )
                     return 1
             assert worker.proc is not None
             if worker.proc.poll() is not None and not self._stopping:

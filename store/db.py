@@ -307,9 +307,7 @@ class JobStore:
             values["progress_done"] = JobRow.progress_total
         with self.session() as s:
             res = s.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.state.in_(ACTIVE_STATES))
-                .values(**values)
+                update(JobRow).where(JobRow.id == job_id, JobRow.state.in_(ACTIVE_STATES)).values(**values)
             )
             return bool(res.rowcount)  # type: ignore[attr-defined]
 

@@ -63,7 +63,9 @@ class RedisServer:
 def start_redis(directory: Path, port: int | None = None, *, appendonly: bool = False) -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not installed: `apt-get install redis-server` (.ci/run does this)")
+        raise RuntimeError(
+            "redis-server is not installed: `apt-get install redis-server` (.ci/run does this)"
+        )
     port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(

@@ -45,7 +45,9 @@ def _stored_datasets(data_dir: Path) -> list[str]:
 
 
 def test_service_import_does_not_load_torch() -> None:
-    code = "import sys, service.app, service.cli, service.client, contracts.jobs; print('torch' in sys.modules)"
+    code = (
+        "import sys, service.app, service.cli, service.client, contracts.jobs; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -158,7 +160,9 @@ def test_submit_list_cancel_queued(api: Any) -> None:
     cancelled = api.delete(f"/v1/jobs/{job['id']}")
     assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
     _assert_problem(api.delete(f"/v1/jobs/{job['id']}"), 409, "already ended")
-    assert [j["id"] for j in api.get("/v1/jobs", params={"state": "cancelled"}).json()["items"]] == [job["id"]]
+    assert [j["id"] for j in api.get("/v1/jobs", params={"state": "cancelled"}).json()["items"]] == [
+        job["id"]
+    ]
     _assert_problem(api.get(f"/v1/jobs/{other['id']}/result"), 409, "queued")
     _assert_problem(api.get("/v1/jobs/job_" + "0" * 24), 404, "No job")
 
@@ -168,7 +172,9 @@ def test_idempotency_key(api: Any) -> None:
     second = api.post("/v1/jobs", json=TD, headers={"Idempotency-Key": "abc"})
     assert first.json()["id"] == second.json()["id"]
     changed = {**TD, "params": {"epochs": 3, "el2n_epoch": 1}}
-    _assert_problem(api.post("/v1/jobs", json=changed, headers={"Idempotency-Key": "abc"}), 409, "Idempotency")
+    _assert_problem(
+        api.post("/v1/jobs", json=changed, headers={"Idempotency-Key": "abc"}), 409, "Idempotency"
+    )
 
 
 def test_artifact_names_are_checked(api: Any) -> None:

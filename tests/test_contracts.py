@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import typing
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,7 +18,9 @@ from contracts.problems import problem
 BASE = {"dataset": {"builtin": "digits", "label_noise": 0.2}, "model": {"arch": "mlp"}}
 
 
-@pytest.mark.parametrize("kind", [k for k in JOB_KINDS if k not in ("supervision-complexity", "distillation")])
+@pytest.mark.parametrize(
+    "kind", [k for k in JOB_KINDS if k not in ("supervision-complexity", "distillation")]
+)
 def test_every_kind_has_defaults_and_round_trips(kind: str) -> None:
     req = parse_job_request({**BASE, "kind": kind})
     again = parse_job_request(json.loads(req.model_dump_json()))
@@ -60,7 +63,9 @@ def test_contract_literals_mirror_the_library() -> None:
     assert set(typing.get_args(common.NoiseKind)) == set(NOISE_KINDS)
     assert set(typing.get_args(common.Activation)) == set(ACTIVATIONS)
     assert set(typing.get_args(common.Optimizer)) == set(OPTIMIZERS)
-    archs = {m.model_fields["arch"].annotation for m in (common.LinearModel, common.MLPModel, common.CNNModel)}
+    archs: list[Any] = [
+        m.model_fields["arch"].annotation for m in (common.LinearModel, common.MLPModel, common.CNNModel)
+    ]
     assert {typing.get_args(a)[0] for a in archs} == set(ARCHITECTURES)
 
 

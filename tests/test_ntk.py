@@ -36,7 +36,9 @@ def test_jacobians_match_autograd_loop(small: tuple[torch.nn.Module, torch.Tenso
 
 
 @pytest.mark.parametrize("kernel", ["full", "averaged", "trace"])
-def test_ntk_gram_matches_explicit_contraction(small: tuple[torch.nn.Module, torch.Tensor], kernel: str) -> None:
+def test_ntk_gram_matches_explicit_contraction(
+    small: tuple[torch.nn.Module, torch.Tensor], kernel: str
+) -> None:
     model, x = small
     jac = _slow_jacobian(model, x)
     k = jac.shape[1]

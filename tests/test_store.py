@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,7 +133,9 @@ def test_list_filters_and_pagination(store: JobStore) -> None:
     page1 = store.list_jobs(tenant=tenant, limit=3)
     assert len(page1) == 3
     last = page1[-1]
-    page2 = store.list_jobs(tenant=tenant, limit=3, before=(last["created_at"].replace(tzinfo=None), last["id"]))
+    page2 = store.list_jobs(
+        tenant=tenant, limit=3, before=(last["created_at"].replace(tzinfo=None), last["id"])
+    )
     assert {j["id"] for j in page1} | {j["id"] for j in page2} == set(ids)
     assert [j["id"] for j in store.list_jobs(tenant=tenant, state="cancelled")] == [ids[0]]
     assert store.count_active(tenant) == 4
@@ -147,7 +150,7 @@ def test_idempotency_key_lookup(store: JobStore) -> None:
 
 
 def test_datasets_dedupe_by_content_id(store: JobStore) -> None:
-    rec = {
+    rec: dict[str, Any] = {
         "id": "ds_" + uuid.uuid4().hex,
         "sha256": "f" * 64,
         "format": "npz",

@@ -160,7 +160,9 @@ class Executor:
             return "failed"
         log.info("running job %s (%s), attempt %d", job_id, job["kind"], job["attempts"])
         with (
-            Heartbeat(lambda: self.store.heartbeat(job_id, self.name), self.settings.heartbeat_interval) as hb,
+            Heartbeat(
+                lambda: self.store.heartbeat(job_id, self.name), self.settings.heartbeat_interval
+            ) as hb,
             tempfile.TemporaryDirectory(dir=self.artifacts.tmp_dir()) as tmp,
         ):
             return self._guarded(job_id, lambda: self._run_job_body(job, Path(tmp), hb))
@@ -204,7 +206,9 @@ class Executor:
                 ),
             )
         except MemoryError:
-            self._fail(job_id, problem(500, "The job ran out of memory on the worker.", type_="out-of-memory"))
+            self._fail(
+                job_id, problem(500, "The job ran out of memory on the worker.", type_="out-of-memory")
+            )
         except OSError as exc:
             self._fail(job_id, problem(500, f"Storage error while running the job: {exc}", type_="storage"))
         except Exception as exc:
@@ -223,13 +227,13 @@ class Executor:
         job_id = job["id"]
         summary = dict(output.summary)
         ds = ctx.dataset
-        summary.setdefault(
-            "dataset", {"n_train": ds.n_train, "n_test": ds.n_test, "n_classes": ds.n_classes}
-        )
+        summary.setdefault("dataset", {"n_train": ds.n_train, "n_test": ds.n_test, "n_classes": ds.n_classes})
         summary["device"] = str(ctx.device)
         written: list[str] = []
         if output.scores is not None:
-            table = per_sample_table(ds, output.scores, builtin=not isinstance(job["request"]["dataset"], str))
+            table = per_sample_table(
+                ds, output.scores, builtin=not isinstance(job["request"]["dataset"], str)
+            )
             buf = io.StringIO()
             table.to_csv(buf, index=False)
             self.artifacts.write(job_id, "scores.csv", buf.getvalue().encode())
@@ -319,7 +323,7 @@ class Executor:
             ctx.progress = lambda d, t: None  # job progress counts units, not unit steps
             result = runner.run_unit(ctx, unit)
             buf = io.BytesIO()
-            np.savez(buf, **{k: np.asarray(v) for k, v in result.items()})
+            np.savez(buf, **{k: np.asarray(v) for k, v in result.items()})  # type: ignore[arg-type]
             atomic_write_bytes(self.artifacts.unit_path(key), buf.getvalue())
         done, total = self.store.finish_unit(job_id, name)
         if done == total:
