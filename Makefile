@@ -49,6 +49,7 @@ lint: dev lint-docker
 
 lint-docker: dev
 	$(VENV)/bin/docker-compose -f docker-compose.yml config -q
+	$(VENV)/bin/docker-compose -f docker-compose.yml --profile gpu config -q
 	$(VENV)/bin/hadolint --failure-threshold warning Dockerfile
 
 format: dev

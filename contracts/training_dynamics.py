@@ -1,4 +1,15 @@
-"""Params of the ``training-dynamics`` job kind (baseline per-sample scores)."""
+"""Params of the ``training-dynamics`` job kind (baseline per-sample scores).
+
+One training run with cross-entropy; per training sample: final ``loss`` and ``margin``,
+``el2n`` and ``grand`` at epoch ``el2n_epoch``, and ``forgetting_events`` over all epochs
+(definitions in ``infoscore.scores`` and ``docs/jobs/training-dynamics.md``).
+
+Defaults were measured on ``{"builtin": "digits", "label_noise": 0.2}`` with the default
+MLP (64-256-10) on one CPU thread: about 1 s of training, and el2n flags the flipped
+labels with AUROC about 0.99 (0.993 to 0.996 over seeds 0-4). el2n_epoch = 5 rather than
+3: GraNd's AUROC rises from about 0.98 to 0.99 at no cost. 30 epochs stop before the MLP
+memorizes the flipped labels (train accuracy about 0.8 on the noisy labels).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +22,13 @@ SCORE_COLUMNS = ("loss", "margin", "el2n", "grand", "forgetting_events")
 
 
 class TrainingDynamicsParams(Strict):
-    epochs: int = Field(default=30, ge=1, le=2000)
-    batch_size: int = Field(default=64, ge=1, le=65_536)
-    lr: float = Field(default=1e-3, gt=0.0, le=10.0)
-    optimizer: Optimizer = "adam"
-    weight_decay: float = Field(default=0.0, ge=0.0, le=10.0)
+    epochs: int = Field(default=30, ge=1, le=2000, description="training epochs (full passes)")
+    batch_size: int = Field(default=64, ge=1, le=65_536, description="mini-batch size")
+    lr: float = Field(default=1e-3, gt=0.0, le=10.0, description="learning rate")
+    optimizer: Optimizer = Field(default="adam", description="adam, or sgd with momentum 0.9")
+    weight_decay: float = Field(default=0.0, ge=0.0, le=10.0, description="L2 penalty of the optimizer")
     el2n_epoch: int = Field(
-        default=3, ge=0, le=2000, description="epoch (0 = at init) at which el2n and grand are taken"
+        default=5, ge=0, le=2000, description="epoch (0 = at init) at which el2n and grand are taken"
     )
 
     @model_validator(mode="after")
@@ -27,4 +38,3 @@ class TrainingDynamicsParams(Strict):
                 f"el2n_epoch must be at most epochs ({self.epochs}). Got {self.el2n_epoch} instead."
             )
         return self
-

@@ -267,15 +267,18 @@ class JobStore:
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
     def heartbeat(self, job_id: str, worker: str) -> bool:
-        """Refresh the heartbeat. Returns True when a cancel was requested."""
+        """Refresh the heartbeat of a job this worker owns. Returns True when the worker
+        should stop: a cancel was requested, or the job is no longer its to run (the
+        reaper handed it to another worker)."""
         with self.session() as s:
-            s.execute(
+            res = s.execute(
                 update(JobRow)
-                .where(JobRow.id == job_id, JobRow.state == "running")
-                .values(heartbeat_at=utcnow(), worker=worker)
+                .where(JobRow.id == job_id, JobRow.state == "running", JobRow.worker == worker)
+                .values(heartbeat_at=utcnow())
             )
             row = s.get(JobRow, job_id)
-            return bool(row is not None and row.cancel_requested)
+            owned = bool(res.rowcount)  # type: ignore[attr-defined]
+            return (not owned) or bool(row is not None and row.cancel_requested)
 
     def set_progress(self, job_id: str, done: int, total: int) -> None:
         with self.session() as s:
@@ -293,8 +296,10 @@ class JobStore:
         summary: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
         artifacts: list[str] | None = None,
+        worker: str | None = None,
     ) -> bool:
-        """Move a non-terminal job to a terminal state; False if it was already terminal."""
+        """Move a non-terminal job to a terminal state; False if it was already terminal
+        (or, with ``worker``, if that worker no longer owns the running job)."""
         assert state in TERMINAL_STATES
         values: dict[str, Any] = {"state": state, "finished_at": utcnow()}
         if summary is not None:
@@ -305,10 +310,11 @@ class JobStore:
             values["artifacts"] = json.dumps(artifacts)
         if state == "succeeded":
             values["progress_done"] = JobRow.progress_total
+        where = [JobRow.id == job_id, JobRow.state.in_(ACTIVE_STATES)]
+        if worker is not None:
+            where += [JobRow.state == "running", JobRow.worker == worker]
         with self.session() as s:
-            res = s.execute(
-                update(JobRow).where(JobRow.id == job_id, JobRow.state.in_(ACTIVE_STATES)).values(**values)
-            )
+            res = s.execute(update(JobRow).where(*where).values(**values))
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
     def request_cancel(self, job_id: str) -> str | None:

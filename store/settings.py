@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,16 @@ class CommonSettings(BaseSettings):
         default=3600.0, gt=0, description="re-send a queued job or unit whose message was lost"
     )
     max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is failed")
+
+    @model_validator(mode="after")
+    def _stale_after_heartbeats(self) -> CommonSettings:
+        # A live worker must never look dead: leave room for two missed beats.
+        if self.stale_after < 3 * self.heartbeat_interval:
+            raise ValueError(
+                f"INFOSCORE_STALE_AFTER ({self.stale_after}) must be at least 3 x "
+                f"INFOSCORE_HEARTBEAT_INTERVAL ({self.heartbeat_interval})"
+            )
+        return self
 
     def resolved_database_url(self) -> str:
         if self.database_url:

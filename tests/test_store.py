@@ -166,3 +166,26 @@ def test_datasets_dedupe_by_content_id(store: JobStore) -> None:
     assert first["filename"] == second["filename"] == "a.npz"
     assert store.get_dataset(rec["id"])["input_shape"] == [4]  # type: ignore[index]
     assert store.get_dataset(rec["id"], tenant="other") is None
+
+
+def test_a_worker_that_lost_its_job_is_told_to_stop_and_cannot_finish_it(store: JobStore) -> None:
+    job = _job(store)
+    assert store.claim_job(job["id"], "w1", stale_after=60)
+    assert store.heartbeat(job["id"], "w1") is False
+    time.sleep(1.1)
+    assert store.release_stale(job["id"], stale_after=1)
+    assert store.claim_job(job["id"], "w2", stale_after=60)
+    assert store.heartbeat(job["id"], "w1") is True  # not w1's any more: stop
+    assert not store.finish(job["id"], "succeeded", summary={"by": "w1"}, worker="w1")
+    assert store.finish(job["id"], "succeeded", summary={"by": "w2"}, worker="w2")
+    assert store.get_job(job["id"])["summary"] == {"by": "w2"}  # type: ignore[index]
+
+
+def test_settings_refuse_a_stale_limit_below_three_heartbeats() -> None:
+    from pydantic import ValidationError
+
+    from store.settings import WorkerSettings
+
+    with pytest.raises(ValidationError, match="STALE_AFTER"):
+        WorkerSettings(heartbeat_interval=5, stale_after=4)
+    assert WorkerSettings(heartbeat_interval=1, stale_after=3).stale_after == 3

@@ -165,7 +165,7 @@ class Executor:
             ) as hb,
             tempfile.TemporaryDirectory(dir=self.artifacts.tmp_dir()) as tmp,
         ):
-            return self._guarded(job_id, lambda: self._run_job_body(job, Path(tmp), hb))
+            return self._guarded(job_id, lambda: self._run_job_body(job, Path(tmp), hb), owner=self.name)
 
     def _run_job_body(self, job: dict[str, Any], workdir: Path, hb: Heartbeat) -> str:
         from workers.runners import get_runner
@@ -177,10 +177,14 @@ class Executor:
         started = time.perf_counter()
         output = runner.run(ctx)
         output.summary.setdefault("seconds", round(time.perf_counter() - started, 3))
-        return self._complete(job, ctx, output)
+        return self._complete(job, ctx, output, owner=self.name)
 
-    def _guarded(self, job_id: str, body: Callable[[], str]) -> str:
-        """Map every outcome of a job body to a terminal state with a problem+json."""
+    def _guarded(self, job_id: str, body: Callable[[], str], owner: str | None = None) -> str:
+        """Map every outcome of a job body to a terminal state with a problem+json.
+
+        With ``owner``, terminal writes only land while that worker still owns the running
+        job: a worker that lost its lease (the reaper gave the job to another) writes
+        nothing and stops."""
         from billiard.exceptions import SoftTimeLimitExceeded  # type: ignore[import-untyped]
 
         from infoscore.errors import Cancelled, InvalidInputError, NumericalError
@@ -188,13 +192,14 @@ class Executor:
         try:
             return body()
         except Cancelled:
-            self.store.finish(job_id, "cancelled")
-            return "cancelled"
+            if self.store.finish(job_id, "cancelled", worker=owner):
+                return "cancelled"
+            return "lost-lease"
         except InvalidInputError as exc:
             param = getattr(exc, "param", None)
-            self._fail(job_id, problem(422, str(exc), type_="invalid-input", param=param))
+            self._fail(job_id, problem(422, str(exc), type_="invalid-input", param=param), owner)
         except NumericalError as exc:
-            self._fail(job_id, problem(422, str(exc), type_="numerical-error"))
+            self._fail(job_id, problem(422, str(exc), type_="numerical-error"), owner)
         except SoftTimeLimitExceeded:
             self._fail(
                 job_id,
@@ -204,26 +209,30 @@ class Executor:
                     "(INFOSCORE_JOB_TIME_LIMIT).",
                     type_="time-limit",
                 ),
+                owner,
             )
         except MemoryError:
             self._fail(
-                job_id, problem(500, "The job ran out of memory on the worker.", type_="out-of-memory")
+                job_id, problem(500, "The job ran out of memory on the worker.", type_="out-of-memory"), owner
             )
         except OSError as exc:
-            self._fail(job_id, problem(500, f"Storage error while running the job: {exc}", type_="storage"))
+            self._fail(
+                job_id, problem(500, f"Storage error while running the job: {exc}", type_="storage"), owner
+            )
         except Exception as exc:
             log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
             self._fail(
                 job_id,
                 problem(500, f"The job failed: {type(exc).__name__}: {exc}", type_="job-error"),
+                owner,
             )
         return "failed"
 
-    def _fail(self, job_id: str, error: dict[str, Any]) -> None:
-        self.store.finish(job_id, "failed", error={**error, "instance": f"/v1/jobs/{job_id}"})
+    def _fail(self, job_id: str, error: dict[str, Any], owner: str | None = None) -> None:
+        self.store.finish(job_id, "failed", error={**error, "instance": f"/v1/jobs/{job_id}"}, worker=owner)
 
     # ----------------------------------------------------------------- output
-    def _complete(self, job: dict[str, Any], ctx: Any, output: Any) -> str:
+    def _complete(self, job: dict[str, Any], ctx: Any, output: Any, owner: str | None = None) -> str:
         job_id = job["id"]
         summary = dict(output.summary)
         ds = ctx.dataset
@@ -251,7 +260,11 @@ class Executor:
         self.artifacts.write(job_id, "summary.json", summary_bytes)
         written.append("summary.json")
         # Round-trip through JSON so the stored summary is exactly the artifact's.
-        self.store.finish(job_id, "succeeded", summary=json.loads(summary_bytes), artifacts=sorted(written))
+        if not self.store.finish(
+            job_id, "succeeded", summary=json.loads(summary_bytes), artifacts=sorted(written), worker=owner
+        ):
+            log.warning("job %s: result not recorded (cancelled, or no longer this worker's)", job_id)
+            return "lost-lease"
         log.info("job %s succeeded", job_id)
         return "succeeded"
 
