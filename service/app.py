@@ -25,10 +25,11 @@ from contracts.jobs import JOB_KINDS, JobRequest
 from contracts.problems import PROBLEM_MEDIA_TYPE, problem
 from contracts.records import DatasetRecord, JobList, JobRecord, JobState, ResultPage
 from store.artifacts import ArtifactStore, valid_artifact_name
-from store.db import DEFAULT_TENANT, JobStore
+from store.db import JobStore
 from store.settings import ServiceSettings
 
 from . import metrics
+from .auth import Caller, KeyResolver, RateLimiter, authenticate
 from .errors import BodyLimitMiddleware, ProblemError, install_handlers
 
 log = logging.getLogger("infoscore.api")
@@ -54,6 +55,8 @@ class Gateway:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(settings.resolved_database_url())
         self.artifacts = ArtifactStore(settings.data_dir)
+        self.keys = KeyResolver(self.store)
+        self.rate_limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
         self.celery = Celery("infoscore-gateway", broker=settings.broker_url)
         self.celery.conf.update(
             task_serializer="json",
@@ -77,9 +80,16 @@ def get_gateway(request: Request) -> Gateway:
     return gw
 
 
-def get_tenant(request: Request) -> str:
-    """Auth off: everything belongs to the default tenant (issue 7 adds API keys)."""
-    return DEFAULT_TENANT
+def get_caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    gw = get_gateway(request)
+    caller = authenticate(authorization, auth=gw.settings.auth, resolver=gw.keys)
+    if caller.key_id is not None:
+        gw.rate_limiter.check(caller.key_id)
+    return caller
+
+
+def get_tenant(caller: Annotated[Caller, Depends(get_caller)]) -> str:
+    return caller.tenant
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
@@ -290,6 +300,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 'or give a built-in such as {"builtin": "digits"}.',
                 type_="unknown-dataset",
                 field="dataset",
+            )
+        active = gw.store.count_active(tenant)
+        if active >= gw.settings.max_active_jobs:
+            raise ProblemError(
+                429,
+                f"This tenant has {active} queued or running jobs, the limit is "
+                f"{gw.settings.max_active_jobs} (INFOSCORE_MAX_ACTIVE_JOBS); wait for some to finish.",
+                type_="too-many-active-jobs",
+                headers={"Retry-After": "30"},
+                limit=gw.settings.max_active_jobs,
             )
         row = gw.store.create_job(
             kind=job.kind,

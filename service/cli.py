@@ -223,6 +223,62 @@ def result(
         _print_json(page)
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (INFOSCORE_AUTH=required).")
+app.add_typer(keys_app, name="keys")
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="use this data dir's SQLite store (default: INFOSCORE_DATABASE_URL / INFOSCORE_DATA_DIR)",
+    ),
+]
+
+
+def _key_store(data_dir: Path | None) -> Any:
+    from store.db import JobStore
+    from store.settings import CommonSettings
+
+    if data_dir is not None:
+        settings = CommonSettings(data_dir=data_dir, database_url=None)
+    else:
+        settings = CommonSettings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return JobStore(settings.resolved_database_url())
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option("--tenant", help="tenant the key acts for")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Create a key; prints it once (only its hash is stored)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,119}", tenant):
+        typer.echo("error: --tenant must be 1-120 letters, digits, '_', '-' or '.'", err=True)
+        raise typer.Exit(2)
+    key_id, key = _key_store(data_dir).create_key(tenant)
+    typer.echo(f"key id: {key_id}\ntenant: {tenant}\nkey:    {key}\n(store it now: it is not shown again)")
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDirOpt = None) -> None:
+    """List keys (ids, tenants, dates; never the keys)."""
+    for k in _key_store(data_dir).list_keys():
+        state = f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}" if k["revoked_at"] else "active"
+        typer.echo(f"{k['id']}  tenant={k['tenant']}  created={k['created_at']:%Y-%m-%d %H:%M}  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, data_dir: DataDirOpt = None) -> None:
+    """Revoke a key by id (effective within a few seconds on running APIs)."""
+    if not _key_store(data_dir).revoke_key(key_id):
+        typer.echo(f"error: no active key {key_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
 def main() -> None:
     app()
 

@@ -8,10 +8,14 @@ cancel request never both believe they own a job.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -106,6 +110,62 @@ class UnitRow(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
+class ApiKeyRow(Base):
+    """An API key: only the SHA-256 of its secret is stored (keys are 256-bit random, so a
+    fast hash is enough; the secret is shown once, at creation)."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(120), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+KEY_PREFIX = "isk_"
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(engine: Engine, url: str, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` under a lock, so that an API and workers starting
+    together never race (SQLite: a lock file beside the database; PostgreSQL: an
+    advisory lock). A newer version opens an older data dir by upgrading it here."""
+    from alembic import command
+
+    cfg = alembic_config(url)
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        lock_path = Path(str(engine.url.database) + ".migrate.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                with engine.begin() as conn:
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, revision)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727400131)")
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur = dbapi_connection.cursor()
     # WAL lets the API read while a worker writes; busy_timeout waits instead of erroring.
@@ -127,12 +187,12 @@ def make_engine(url: str) -> Engine:
 class JobStore:
     """All SQL access. Methods open short transactions; rows come back as plain dicts."""
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    def __init__(self, url: str, *, migrate_schema: bool = True) -> None:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        if create:
-            Base.metadata.create_all(self.engine)
+        if migrate_schema:
+            migrate(self.engine, url)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -163,6 +223,53 @@ class JobStore:
         with self.session() as s:
             row = s.get(DatasetRow, (dataset_id, tenant))
             return None if row is None else _dataset_dict(row)
+
+    # ---------------------------------------------------------------- api keys
+    def create_key(self, tenant: str) -> tuple[str, str]:
+        """Returns (key id, the full key). The full key is not stored and not shown again."""
+        key_id = "key_" + secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        with self.session() as s:
+            s.add(ApiKeyRow(id=key_id, tenant=tenant, secret_hash=_hash_secret(secret), created_at=utcnow()))
+        return key_id, f"{KEY_PREFIX}{key_id.removeprefix('key_')}.{secret}"
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))
+            return [
+                {
+                    "id": r.id,
+                    "tenant": r.tenant,
+                    "created_at": as_utc(r.created_at),
+                    "revoked_at": as_utc(r.revoked_at),
+                    "last_used_at": as_utc(r.last_used_at),
+                }
+                for r in rows
+            ]
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self.session() as s:
+            res = s.execute(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def resolve_key(self, key: str) -> tuple[str, str] | None:
+        """(key id, tenant) for a valid, unrevoked key; None otherwise."""
+        if not key.startswith(KEY_PREFIX) or "." not in key or len(key) > 200:
+            return None
+        short_id, _, secret = key[len(KEY_PREFIX) :].partition(".")
+        key_id = "key_" + short_id
+        with self.session() as s:
+            row = s.get(ApiKeyRow, key_id)
+            # Compare even when the id is unknown, so timing does not reveal which ids exist.
+            expected = row.secret_hash if row is not None else "0" * 64
+            ok = hmac.compare_digest(expected, _hash_secret(secret))
+            if row is None or not ok or row.revoked_at is not None:
+                return None
+            return row.id, row.tenant
 
     # -------------------------------------------------------------------- jobs
     def create_job(

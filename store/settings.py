@@ -49,6 +49,12 @@ class ServiceSettings(CommonSettings):
     auth: Literal["off", "required"] = "off"
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_request_bytes: int = Field(default=1024 * 1024, ge=1, description="JSON bodies")
+    rate_limit: float = Field(default=100.0, ge=0, description="requests/s per API key (0 = none)")
+    rate_burst: int = Field(default=200, ge=1)
+    max_active_jobs: int = Field(default=100, ge=1, description="queued + running jobs per tenant")
+    max_job_memory_bytes: int = Field(
+        default=16 * 1024**3, ge=1, description="refuse jobs whose estimated peak memory is above this"
+    )
 
 
 class WorkerSettings(CommonSettings):

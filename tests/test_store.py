@@ -189,3 +189,50 @@ def test_settings_refuse_a_stale_limit_below_three_heartbeats() -> None:
     with pytest.raises(ValidationError, match="STALE_AFTER"):
         WorkerSettings(heartbeat_interval=5, stale_after=4)
     assert WorkerSettings(heartbeat_interval=1, stale_after=3).stale_after == 3
+
+
+def test_api_keys_hashed_resolved_and_revoked(store: JobStore) -> None:
+    tenant = "acme-" + uuid.uuid4().hex[:6]
+    key_id, key = store.create_key(tenant)
+    assert key.startswith("isk_") and key_id not in ("", key)
+    assert store.resolve_key(key) == (key_id, tenant)
+    assert store.resolve_key(key + "x") is None
+    assert store.resolve_key("isk_nothing.here") is None
+    assert store.resolve_key("Bearer") is None
+    listed = [k for k in store.list_keys() if k["id"] == key_id]
+    assert listed and "secret" not in str(listed) and key.split(".")[1] not in str(store.list_keys())
+    assert store.revoke_key(key_id)
+    assert not store.revoke_key(key_id)
+    assert store.resolve_key(key) is None
+
+
+def test_migrations_upgrade_an_older_database(tmp_path: Path) -> None:
+    """A database at revision 0001 (before API keys) opens with this version unchanged."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from store.db import alembic_config, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    cfg = alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, tenant, kind, state, request, fingerprint, progress_done, progress_total,"
+                " created_at, attempts, cancel_requested, reducing, summary)"
+                " VALUES ('job_aaaaaaaaaaaaaaaaaaaaaaaa', 'default', 'limit', 'succeeded', '{}', 'f', 1, 1,"
+                " '2026-01-01 00:00:00', 1, 0, 0, '{\"test_accuracy\": 0.9}')"
+            )
+        )
+    engine.dispose()
+    store = JobStore(url)
+    job = store.get_job("job_aaaaaaaaaaaaaaaaaaaaaaaa")
+    assert job is not None and job["summary"] == {"test_accuracy": 0.9} and job["state"] == "succeeded"
+    key_id, key = store.create_key("t")
+    assert store.resolve_key(key) == (key_id, "t")
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+    store.dispose()
