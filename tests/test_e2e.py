@@ -100,7 +100,13 @@ def test_up_upload_run_stop_restart(up: Up) -> None:
     assert client.get("/readyz").json()["status"] == "ready"
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
-    np.savez(buf, x=rng.normal(size=(80, 6)), y=np.arange(80) % 2, x_test=rng.normal(size=(20, 6)), y_test=np.arange(20) % 2)
+    np.savez(
+        buf,
+        x=rng.normal(size=(80, 6)),
+        y=np.arange(80) % 2,
+        x_test=rng.normal(size=(20, 6)),
+        y_test=np.arange(20) % 2,
+    )
     ds = client.post("/v1/datasets", files={"file": ("mine.npz", buf.getvalue())})
     assert ds.status_code == 201, ds.text
     bad = client.post("/v1/datasets", files={"file": ("bad.npz", b"PK\x03\x04oops")})
@@ -145,7 +151,9 @@ def test_job_interrupted_by_stop_finishes_after_restart(up: Up) -> None:
         "params": {"epochs": 120, "el2n_epoch": 1, "batch_size": 32},
     }
     job = client.post("/v1/jobs", json=body).json()
-    wait_until(lambda: client.get(f"/v1/jobs/{job['id']}").json()["progress"]["done"] >= 1, 120, what="progress")
+    wait_until(
+        lambda: client.get(f"/v1/jobs/{job['id']}").json()["progress"]["done"] >= 1, 120, what="progress"
+    )
     up.stop()
     time.sleep(0.5)
     up.start()
