@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from contracts import tasks as names
+from contracts.estimate import Estimate, Shape, builtin_shape, estimate
 from contracts.jobs import JOB_KINDS, JobRequest
 from contracts.problems import PROBLEM_MEDIA_TYPE, problem
 from contracts.records import DatasetRecord, JobList, JobRecord, JobState, ResultPage
@@ -117,6 +119,53 @@ def _job_record(job: dict[str, Any]) -> JobRecord:
         artifacts=job["artifacts"],
         name=job["name"],
     )
+
+
+def _estimate(gw: Gateway, job: Any, tenant: str) -> Estimate:
+    if isinstance(job.dataset, str):
+        record = gw.store.get_dataset(job.dataset, tenant)
+        if record is None:
+            raise ProblemError(
+                422,
+                f"The 'dataset' {job.dataset!r} does not exist; upload it with POST /v1/datasets "
+                'or give a built-in such as {"builtin": "digits"}.',
+                type_="unknown-dataset",
+                field="dataset",
+            )
+        shape = Shape(
+            record["n_train"],
+            record["n_test"],
+            math.prod(record["input_shape"]),
+            record["n_classes"],
+            record["input_shape"],
+        )
+    else:
+        shape = builtin_shape(job.dataset.model_dump())
+    return estimate(job.model_dump(mode="json"), shape)
+
+
+def _check_limits(gw: Gateway, est: Estimate) -> None:
+    limit_p = gw.settings.max_parameters
+    if est.parameters > limit_p:
+        raise ProblemError(
+            422,
+            f"The model has {est.parameters} parameters, over the limit of {limit_p} "
+            "(INFOSCORE_MAX_PARAMETERS).",
+            type_="too-many-parameters",
+            limit=limit_p,
+            estimate=est.as_dict(),
+        )
+    limit_m = gw.settings.max_job_memory_bytes
+    if est.memory_bytes > limit_m:
+        raise ProblemError(
+            422,
+            f"The job would need about {est.memory_bytes / 1024**3:.2f} GiB of worker memory, over the "
+            f"budget of {limit_m / 1024**3:.2f} GiB (INFOSCORE_MAX_JOB_MEMORY_BYTES); use fewer samples, "
+            "a smaller model, or the 'projected' method.",
+            type_="too-much-memory",
+            limit=limit_m,
+            estimate=est.as_dict(),
+        )
 
 
 def _encode_cursor(payload: dict[str, Any]) -> str:
@@ -293,14 +342,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                     )
                 response.headers["Location"] = f"/v1/jobs/{prior['id']}"
                 return _job_record(prior)
-        if isinstance(job.dataset, str) and gw.store.get_dataset(job.dataset, tenant) is None:
-            raise ProblemError(
-                422,
-                f"The 'dataset' {job.dataset!r} does not exist; upload it with POST /v1/datasets "
-                'or give a built-in such as {"builtin": "digits"}.',
-                type_="unknown-dataset",
-                field="dataset",
-            )
+        _check_limits(gw, _estimate(gw, job, tenant))
         active = gw.store.count_active(tenant)
         if active >= gw.settings.max_active_jobs:
             raise ProblemError(
@@ -341,6 +383,21 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         metrics.JOBS_SUBMITTED.labels(kind=job.kind).inc()
         response.headers["Location"] = f"/v1/jobs/{row['id']}"
         return _job_record(row)
+
+    @app.post("/v1/jobs:estimate", tags=["jobs"])
+    def estimate_job(job: Annotated[JobRequest, Body()], gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
+        """Dry run: validate the request and estimate its resources without running it."""
+        est = _estimate(gw, job, tenant)
+        out = est.as_dict()
+        out["limits"] = {
+            "parameters": gw.settings.max_parameters,
+            "memory_bytes": gw.settings.max_job_memory_bytes,
+        }
+        out["fits"] = (
+            est.parameters <= gw.settings.max_parameters
+            and est.memory_bytes <= gw.settings.max_job_memory_bytes
+        )
+        return out
 
     @app.get("/v1/jobs", response_model=JobList, tags=["jobs"])
     def list_jobs(

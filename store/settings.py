@@ -52,6 +52,7 @@ class ServiceSettings(CommonSettings):
     rate_limit: float = Field(default=100.0, ge=0, description="requests/s per API key (0 = none)")
     rate_burst: int = Field(default=200, ge=1)
     max_active_jobs: int = Field(default=100, ge=1, description="queued + running jobs per tenant")
+    max_parameters: int = Field(default=50_000_000, ge=1, description="model parameter limit")
     max_job_memory_bytes: int = Field(
         default=16 * 1024**3, ge=1, description="refuse jobs whose estimated peak memory is above this"
     )

@@ -191,3 +191,30 @@ def test_artifact_names_are_checked(api: Any) -> None:
 def test_unknown_route_and_method_are_problems(api: Any) -> None:
     _assert_problem(api.get("/v2/nothing"), 404)
     _assert_problem(api.put("/v1/jobs"), 405)
+
+
+def test_estimate_dry_run_and_memory_refusal(api: Any) -> None:
+    sample_info = {
+        "kind": "sample-information",
+        "dataset": {"builtin": "digits"},
+        "model": {"arch": "mlp", "hidden": [256]},
+    }
+    est = api.post("/v1/jobs:estimate", json=sample_info)
+    assert est.status_code == 200, est.text
+    body = est.json()
+    assert body["parameters"] == 64 * 256 + 256 + 256 * 10 + 10
+    assert body["n_train"] == 1347 and body["n_test"] == 450 and body["n_classes"] == 10
+    assert body["fits"] is True and 0 < body["memory_bytes"] < body["limits"]["memory_bytes"]
+    assert api.get("/v1/jobs").json()["items"] == []  # a dry run records nothing
+
+    huge = {**sample_info, "dataset": {"builtin": "gaussians", "n": 60_000, "dim": 20, "classes": 10}}
+    r = api.post("/v1/jobs:estimate", json=huge)
+    assert r.status_code == 200 and r.json()["fits"] is False
+    refused = _assert_problem(api.post("/v1/jobs", json=huge), 422, "GiB", "INFOSCORE_MAX_JOB_MEMORY_BYTES")
+    assert refused["estimate"]["memory_bytes"] > refused["limit"]
+    assert api.get("/v1/jobs").json()["items"] == []
+    projected = {**huge, "params": {"method": "projected", "projection_dim": 512}}
+    assert api.post("/v1/jobs:estimate", json=projected).json()["fits"] is True
+
+    wide = {**TD, "model": {"arch": "mlp", "hidden": [16_384, 16_384]}}
+    _assert_problem(api.post("/v1/jobs", json=wide), 422, "parameters", "INFOSCORE_MAX_PARAMETERS")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import typing
 from typing import Any
 
@@ -104,3 +105,25 @@ def test_problem_shape() -> None:
         "detail": "The 'x' array must be finite.",
         "field": "x",
     }
+
+
+@pytest.mark.parametrize(
+    ("dataset", "model"),
+    [
+        ({"builtin": "digits"}, {"arch": "mlp", "hidden": [256, 64], "batchnorm": True}),
+        ({"builtin": "digits", "classes": [4, 9], "test_fraction": 0.3}, {"arch": "cnn"}),
+        ({"builtin": "gaussians", "n": 50, "dim": 7, "classes": 4}, {"arch": "linear"}),
+        ({"builtin": "digits", "classes": [0, 3, 8]}, {"arch": "cnn", "channels": [4, 8], "hidden": 16}),
+    ],
+)
+def test_estimates_match_the_real_dataset_and_model(dataset: dict[str, Any], model: dict[str, Any]) -> None:
+    from contracts.estimate import builtin_shape, parameter_count
+    from infoscore.models import build_model, count_parameters
+    from workers.datasets import load_dataset
+
+    req = parse_job_request({"kind": "training-dynamics", "dataset": dataset, "model": model})
+    ds = load_dataset(req.dataset, Path("."))
+    shape = builtin_shape(req.dataset.model_dump())  # type: ignore[union-attr]
+    assert (shape.n_train, shape.n_test, shape.n_classes) == (ds.n_train, ds.n_test, ds.n_classes)
+    real = count_parameters(build_model(req.model.model_dump(), ds.input_shape, ds.n_classes))
+    assert parameter_count(req.model.model_dump(), shape) == real
