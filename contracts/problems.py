@@ -19,6 +19,7 @@ TITLES = {
     422: "Unprocessable Content",
     429: "Too Many Requests",
     500: "Internal Server Error",
+    507: "Insufficient Storage",
     503: "Service Unavailable",
 }
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
 import json
@@ -168,6 +169,44 @@ def _check_limits(gw: Gateway, est: Estimate) -> None:
         )
 
 
+def _load_table(gw: Gateway, job_id: str) -> Any:
+    """The per-sample table from scores.parquet, or from scores.csv if the Parquet file is
+    damaged; None when the job has no table. Both unreadable: 500 problem."""
+    import pandas as pd
+
+    parquet = gw.artifacts.artifact_path(job_id, "scores.parquet")
+    csv = gw.artifacts.artifact_path(job_id, "scores.csv")
+    if not parquet.exists() and not csv.exists():
+        return None
+    errors = []
+    for path, reader in ((parquet, pd.read_parquet), (csv, pd.read_csv)):
+        if not path.exists():
+            continue
+        try:
+            return reader(path)
+        except Exception as exc:
+            errors.append(f"{path.name}: {type(exc).__name__}")
+            log.error("job %s: %s is unreadable: %s", job_id, path.name, exc)
+    raise ProblemError(
+        500,
+        f"The stored per-sample table of job {job_id} is damaged ({'; '.join(errors)}); its other "
+        "artifacts are unaffected.",
+        type_="corrupt-artifact",
+    )
+
+
+def _storage_error(exc: OSError) -> ProblemError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ProblemError(
+            507,
+            "The server's artifact store is full; nothing was stored. Retry after space is freed.",
+            type_="storage-full",
+        )
+    return ProblemError(
+        503, f"The artifact store failed ({exc.strerror}); nothing was stored.", type_="storage"
+    )
+
+
 def _encode_cursor(payload: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
@@ -309,6 +348,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             )
             response.headers["Location"] = f"/v1/datasets/{dataset_id}"
             return DatasetRecord(**record)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
         finally:
             tmp_path.unlink(missing_ok=True)
 
@@ -462,19 +503,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 type_="job-not-finished",
                 state=job["state"],
             )
-        path = gw.artifacts.artifact_path(job_id, "scores.parquet")
-        if not path.exists():
+        table = _load_table(gw, job_id)
+        if table is None:
             return ResultPage(job_id=job_id, summary=job["summary"], columns=[], rows=[], total_rows=0)
-        import pandas as pd
-
-        try:
-            table = pd.read_parquet(path)
-        except Exception as exc:
-            raise ProblemError(
-                500,
-                f"The stored table of job {job_id} is unreadable ({type(exc).__name__}).",
-                type_="corrupt",
-            ) from exc
         if sort is not None:
             if sort not in table.columns:
                 raise ProblemError(
