@@ -19,7 +19,6 @@ import asyncio
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
