@@ -63,6 +63,22 @@ def test_job_life_result_and_artifacts(api: Any, worker: WorkerProcess) -> None:
     assert bad.status_code == 422 and "sort" in bad.json()["detail"]
 
 
+def test_worker_parent_never_loads_torch(api: Any, worker: WorkerProcess) -> None:
+    """No CUDA at import time in the worker parent: it does not even load torch; the
+    prefork child that ran a job does (and picks its device there)."""
+    job = api.post("/v1/jobs", json=SMALL_TD).json()
+    assert wait_for_state(api, job["id"], ("succeeded", "failed"), timeout=180)["state"] == "succeeded"
+    assert worker.proc is not None
+    import subprocess
+
+    parent_maps = Path(f"/proc/{worker.proc.pid}/maps").read_text()
+    assert "libtorch" not in parent_maps
+    children = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(worker.proc.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert any("libtorch" in Path(f"/proc/{pid}/maps").read_text() for pid in children)
+
+
 def test_cancel_a_running_job(api: Any, worker: WorkerProcess) -> None:
     body = {**SMALL_TD, "params": {"epochs": 400, "el2n_epoch": 1, "batch_size": 32}}
     job = api.post("/v1/jobs", json=body).json()
