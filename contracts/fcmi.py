@@ -1,24 +1,64 @@
-"""Params of the ``fcmi-bound`` job kind (SCIENCE.md section 3)."""
+"""Params of the ``fcmi-bound`` job kind (SCIENCE.md section 3).
+
+Each of the ``len(n) * k1 * k2`` trainings is an independent unit keyed by
+(n, supersample seed, selector seed) plus the training recipe; see
+``docs/jobs/fcmi-bound.md``.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from .common import Optimizer, Strict
 
 KIND = "fcmi-bound"
 
+# The values mirror infoscore.fcmi.MiEstimator and infoscore.fcmi.Learner.
+MiEstimatorName = Literal["plugin", "miller_madow"]
+LearnerName = Literal["model", "1nn"]
+MAX_UNITS = 100_000
+
 
 class FcmiParams(Strict):
-    n: list[int] = Field(default=[50, 100, 200, 400], min_length=1, max_length=32)
-    k1: int = Field(default=3, ge=1, le=100)
-    k2: int = Field(default=30, ge=2, le=1000)
-    epochs: int = Field(default=100, ge=1, le=2000)
+    n: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
+        default=[50, 100, 200, 400],
+        min_length=1,
+        max_length=32,
+        description="training-set sizes (pairs); 2 * max(n) must not exceed the training pool",
+    )
+    k1: int = Field(default=3, ge=1, le=100, description="supersamples per n")
+    k2: int = Field(default=30, ge=2, le=1000, description="selector draws per supersample")
+    epochs: int = Field(default=100, ge=1, le=2000, description="the evaluated epoch (the last)")
     lr: float = Field(default=1e-3, gt=0.0, le=10.0)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     optimizer: Optimizer = "adam"
-    deterministic: bool = False
-    mi_estimator: Literal["plugin", "miller_madow"] = "plugin"
-    experimental: bool = False
+    deterministic: bool = Field(
+        default=False,
+        description="init and data-order seed fixed at 42 for every unit (else derived per unit)",
+    )
+    mi_estimator: MiEstimatorName = Field(
+        default="plugin", description="plugin (comparable with published numbers) or miller_madow"
+    )
+    learner: LearnerName = Field(
+        default="model",
+        description="model = train the job's model; 1nn = 1-nearest-neighbour memorizing control",
+    )
+    experimental: bool = Field(
+        default=False, description="also report the unverified binary-KL form of the bound"
+    )
+
+    @field_validator("n")
+    @classmethod
+    def _distinct_n(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"The 'n' values must be distinct. Got {value!r} instead.")
+        return value
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> FcmiParams:
+        units = len(self.n) * self.k1 * self.k2
+        if units > MAX_UNITS:
+            raise ValueError(f"len(n) * k1 * k2 must be at most {MAX_UNITS} trainings. Got {units} instead.")
+        return self

@@ -161,3 +161,16 @@ def test_fanout_job_and_unit_reuse(api: Any, worker: WorkerProcess) -> None:
     # Every unit came from the content-keyed cache: no unit task ran for the second job.
     assert worker.log().count("running job") == log_before + 1
     assert "workers.run_unit" not in worker.log().split(again["id"])[-1]
+
+
+def test_fanout_units_are_shared_across_different_jobs(api: Any, worker: WorkerProcess) -> None:
+    """A job with a larger n list (and another estimator) retrains only the new units."""
+    first = api.post("/v1/jobs", json=FCMI).json()
+    assert wait_for_state(api, first["id"], ("succeeded", "failed"), timeout=300)["state"] == "succeeded"
+    bigger = {**FCMI, "params": {**FCMI["params"], "n": [10, 20, 30], "mi_estimator": "miller_madow"}}  # type: ignore[dict-item]
+    job = api.post("/v1/jobs", json=bigger).json()
+    done = wait_for_state(api, job["id"], ("succeeded", "failed"), timeout=300)
+    assert done["state"] == "succeeded", done["error"]
+    assert [r["n"] for r in done["summary"]["results"]] == [10, 20, 30]
+    assert f"job {job['id']} fans out: 9 units, 6 cached" in worker.log()  # only n = 30 was trained
+    assert done["progress"] == {"done": 9, "total": 9}

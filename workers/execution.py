@@ -274,7 +274,7 @@ class Executor:
         units = runner.plan(ctx)
         rows = []
         for unit in units:
-            key = unit.key(job["fingerprint"])
+            key = unit.key(runner.unit_scope(job["fingerprint"]))
             rows.append((unit.name, key, self._unit_cached(key)))
         self.store.add_units(job_id, rows)
         state_units = self.store.units(job_id)
@@ -331,7 +331,7 @@ class Executor:
         unit = next((u for u in runner.plan(ctx) if u.name == name), None)
         if unit is None:
             raise RuntimeError(f"unit {name!r} is not in the job's plan")
-        key = unit.key(job["fingerprint"])
+        key = unit.key(runner.unit_scope(job["fingerprint"]))
         if not self._unit_cached(key):
             ctx.progress = lambda d, t: None  # job progress counts units, not unit steps
             result = runner.run_unit(ctx, unit)

@@ -94,6 +94,13 @@ class Runner:
     def run(self, ctx: JobContext) -> JobOutput:
         raise NotImplementedError
 
+    def unit_scope(self, job_fingerprint: str) -> str:
+        """What unit content keys are scoped by. Default: the whole request, so only an
+        identical job reuses units. A runner whose ``Unit.params`` hold everything that
+        determines a unit's result may return a constant, so jobs that differ elsewhere
+        (another ``n`` list, more draws) share their common units."""
+        return job_fingerprint
+
     def plan(self, ctx: JobContext) -> list[Unit]:
         raise NotImplementedError
 

@@ -1,0 +1,410 @@
+"""Sample-wise f-CMI generalization bounds for black-box classifiers (SCIENCE.md section 3).
+
+Glossary: **n** pairs in a supersample (the training-set size), **K** classes, **k1**
+supersamples, **k2** selector draws per supersample. Information is in nats.
+
+Construction (the official protocol):
+
+* A supersample is 2n rows drawn without replacement from the training pool with its
+  ``supersample_seed``; pair i is rows (2i, 2i+1) of that draw, so ``pairs`` is (n, 2).
+* The selector S ~ Bernoulli(1/2)^n is drawn from ``selector_seed`` alone. The learner
+  trains on rows ``pairs[i, S_i]`` and the other member of each pair is held out.
+* One training unit returns the predicted classes on all 2n inputs, int16 (n, 2), and the
+  train and held-out accuracies.
+
+Estimation, per supersample, from its k2 units:
+
+* pair symbol u_i = K * yhat_{i,0} + yhat_{i,1};
+* plug-in MI Î_i of (S_i, u_i) over the k2 draws, clipped at 0 (``MiEstimator.PLUGIN``),
+  or Miller-Madow Î_i - (|S_obs| - 1)(|U_obs| - 1) / (2 k2), clipped at 0
+  (``MiEstimator.MILLER_MADOW``, "bias-corrected": not a guaranteed bound);
+* bound = (1/n) Σ_i sqrt(2 Î_i); gap = mean over the k2 units of (train acc - held-out acc).
+
+Seeds of a unit (``unit_seeds``):
+
+* default: the init seed and the data-order seed both equal
+  ``SeedSequence([seed, supersample_seed, selector_seed]).generate_state(1)[0]``, so the
+  initialisation and the mini-batch order change with every selector draw (and supersample);
+* ``deterministic=True``: both are 42 for every unit, so across selector draws only the
+  training set changes (the official "deterministic" algorithm also seeds torch with 42
+  before building the model and loads data in a single process).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import invalid
+from .models import build_model
+from .progress import StopFn
+from .training import as_tensor, predict_logits, train_classifier
+
+DETERMINISTIC_SEED = 42
+# Domain tags keep the supersample and selector streams apart when their seeds coincide.
+_SUPERSAMPLE_TAG = 0x5C1
+_SELECTOR_TAG = 0x5E1
+
+
+class MiEstimator(StrEnum):
+    """How Î(S_i; u_i) is estimated from k2 draws."""
+
+    PLUGIN = "plugin"  # default: the official estimator, the only one comparable with published numbers
+    MILLER_MADOW = "miller_madow"  # subtracts the first-order bias; labelled "bias-corrected"
+
+
+class Learner(StrEnum):
+    """What a unit trains."""
+
+    MODEL = "model"  # default: a registered architecture (infoscore.models.build_model), trained by SGD/Adam
+    ONE_NN = "1nn"  # 1-nearest-neighbour on flattened inputs: memorizes its training set (control)
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """One training. predictions (n, 2) int16: the class predicted for pool row pairs[i, c]."""
+
+    predictions: np.ndarray
+    train_accuracy: float
+    heldout_accuracy: float
+
+
+@dataclass(frozen=True)
+class SupersampleEstimate:
+    """Estimates from the k2 units of one supersample.
+
+    mi (n,) nats per pair (after clipping and, if asked, bias correction) ·
+    bias (n,) the Miller-Madow term (|S_obs| - 1)(|U_obs| - 1) / (2 k2) per pair, nats ·
+    bound = mean(sqrt(2 mi)) · gap = mean over k2 of train acc - held-out acc.
+    """
+
+    mi: np.ndarray
+    bias: np.ndarray
+    bound: float
+    gap: float
+    train_accuracy: float
+    heldout_accuracy: float
+    units: int
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Mean and std (ddof = 0) over supersamples of one n."""
+
+    n: int
+    gap_mean: float
+    gap_std: float
+    bound_mean: float
+    bound_std: float
+    train_accuracy: float
+    heldout_accuracy: float
+    units: int
+    bias_estimate: float
+
+
+# ---------------------------------------------------------------- construction
+
+
+def make_supersample(pool_size: int, n: int, seed: int) -> np.ndarray:
+    """Draw 2n distinct pool rows with ``seed``; pair i = draws (2i, 2i+1). -> (n, 2) int64."""
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise invalid("n", "make_supersample", "a positive integer", n)
+    if 2 * n > pool_size:
+        raise invalid("n", "make_supersample", f"at most {pool_size // 2} (2n <= {pool_size} samples)", n)
+    rng = np.random.default_rng([_SUPERSAMPLE_TAG, int(seed)])
+    return rng.choice(pool_size, size=2 * int(n), replace=False).astype(np.int64).reshape(int(n), 2)
+
+
+def draw_selector(n: int, seed: int) -> np.ndarray:
+    """S ~ Bernoulli(1/2)^n from ``seed`` alone. -> (n,) int8 in {0, 1}."""
+    rng = np.random.default_rng([_SELECTOR_TAG, int(seed)])
+    return rng.integers(0, 2, size=int(n)).astype(np.int8)
+
+
+def split_pairs(pairs: np.ndarray, selector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pairs (n, 2), selector (n,) -> (train rows pairs[i, S_i] (n,), held-out rows (n,))."""
+    rows = np.arange(pairs.shape[0])
+    s = selector.astype(np.int64)
+    return pairs[rows, s], pairs[rows, 1 - s]
+
+
+def unit_seeds(seed: int, supersample_seed: int, selector_seed: int, *, deterministic: bool) -> int:
+    """The init seed, which is also the data-order seed, of one unit (see the module docstring)."""
+    if deterministic:
+        return DETERMINISTIC_SEED
+    state = np.random.SeedSequence([int(seed), int(supersample_seed), int(selector_seed)]).generate_state(1)
+    return int(state[0])
+
+
+# ---------------------------------------------------------------- one training unit
+
+
+def _nearest_neighbour_predict(
+    x_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, batch: int = 1024
+) -> np.ndarray:
+    """1-NN in Euclidean distance on flattened inputs, ties to the lowest train index. -> (m,)."""
+    a = x_train.reshape(x_train.shape[0], -1).astype(np.float64)
+    b = x_query.reshape(x_query.shape[0], -1).astype(np.float64)
+    a_sq = (a * a).sum(1)
+    out = np.empty(b.shape[0], dtype=np.int64)
+    for start in range(0, b.shape[0], batch):
+        q = b[start : start + batch]
+        # Squared distance up to the per-query constant |q|^2, which does not change the argmin.
+        d = a_sq[None, :] - 2.0 * q @ a.T
+        out[start : start + batch] = y_train[np.argmin(d, axis=1)]
+    return out
+
+
+def train_unit(
+    x: np.ndarray,
+    y: np.ndarray,
+    pairs: np.ndarray,
+    selector: np.ndarray,
+    *,
+    n_classes: int,
+    learner: Learner | str = Learner.MODEL,
+    model_spec: Mapping[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
+    epochs: int = 100,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    seed: int = 0,
+    device: torch.device | None = None,
+    should_stop: StopFn | None = None,
+) -> UnitResult:
+    """Train on rows pairs[i, S_i] of (x, y) and predict all 2n supersample inputs.
+
+    x (N, ...) pool inputs, y (N,) labels in 0..K-1, pairs (n, 2) pool rows, selector (n,)
+    in {0, 1}. ``seed`` is both the init seed and the data-order seed (``unit_seeds``).
+    -> UnitResult with predictions (n, 2) int16.
+    """
+    learner = Learner(learner)
+    train_rows, _ = split_pairs(pairs, selector)
+    flat_rows = pairs.reshape(-1)
+    if learner is Learner.ONE_NN:
+        flat_pred = _nearest_neighbour_predict(x[train_rows], y[train_rows], x[flat_rows])
+    else:
+        if model_spec is None:
+            raise invalid("model_spec", "train_unit", "a model spec dict when learner='model'", None)
+        device = device or torch.device("cpu")
+        shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
+        model = build_model(model_spec, shape, n_classes, seed=seed).to(device)
+        xt = as_tensor(x[train_rows], device)
+        yt = torch.as_tensor(y[train_rows], dtype=torch.int64, device=device)
+        train_classifier(
+            model,
+            xt,
+            yt,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            seed=seed,
+            should_stop=should_stop,
+        )
+        logits = predict_logits(model, as_tensor(x[flat_rows], device))
+        flat_pred = logits.argmax(1).cpu().numpy()
+    predictions = flat_pred.reshape(pairs.shape).astype(np.int16)
+    train_acc, heldout_acc = pair_accuracies(predictions, y[pairs], selector)
+    return UnitResult(predictions, train_acc, heldout_acc)
+
+
+def pair_accuracies(predictions: np.ndarray, labels: np.ndarray, selector: np.ndarray) -> tuple[float, float]:
+    """predictions (n, 2), labels (n, 2), selector (n,) -> (train accuracy, held-out accuracy)."""
+    rows = np.arange(predictions.shape[0])
+    s = selector.astype(np.int64)
+    correct = predictions.astype(np.int64) == labels.astype(np.int64)
+    return float(correct[rows, s].mean()), float(correct[rows, 1 - s].mean())
+
+
+# ---------------------------------------------------------------- estimation
+
+
+def pair_symbols(predictions: np.ndarray, n_classes: int) -> np.ndarray:
+    """predictions (..., n, 2) -> u = K * yhat_0 + yhat_1, (..., n) int64."""
+    p = predictions.astype(np.int64)
+    return n_classes * p[..., 0] + p[..., 1]
+
+
+def _check_draws(selectors: np.ndarray, symbols: np.ndarray, caller: str) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(selectors)
+    u = np.asarray(symbols)
+    if s.ndim == 1:
+        s = s[:, None]
+    if u.ndim == 1:
+        u = u[:, None]
+    if s.shape != u.shape or s.ndim != 2 or s.shape[0] < 1:
+        raise invalid("symbols", caller, f"an array of the selectors' shape {s.shape} (k2, n)", u.shape)
+    return s.astype(np.int64), u.astype(np.int64)
+
+
+def _counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of values (k2, n): (codes (k2, n) in 0..c_i-1, number of distinct values (n,))."""
+    codes = np.empty_like(values)
+    distinct = np.empty(values.shape[1], dtype=np.int64)
+    for i in range(values.shape[1]):
+        uniq, inv = np.unique(values[:, i], return_inverse=True)
+        codes[:, i] = inv.reshape(-1)
+        distinct[i] = uniq.size
+    return codes, distinct
+
+
+def plugin_mi(selectors: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """Plug-in MI of (S_i, u_i) from k2 joint draws, nats, clipped at 0.
+
+    selectors (k2, n) or (k2,), symbols of the same shape -> (n,) float64.
+    Î_i = Σ_{s,u} p̂(s,u) log[p̂(s,u) / (p̂(s) p̂(u))].
+    """
+    s, u = _check_draws(selectors, symbols, "plugin_mi")
+    k2, n = s.shape
+    s_code, s_distinct = _counts(s)
+    u_code, u_distinct = _counts(u)
+    mi = np.zeros(n, dtype=np.float64)
+    for i in range(n):
+        joint = np.zeros((int(s_distinct[i]), int(u_distinct[i])), dtype=np.float64)
+        np.add.at(joint, (s_code[:, i], u_code[:, i]), 1.0)
+        ps = joint.sum(1, keepdims=True)
+        pu = joint.sum(0, keepdims=True)
+        nz = joint > 0
+        # counts, not probabilities: p(s,u)/(p(s)p(u)) = c(s,u) k2 / (c(s) c(u))
+        ratio = joint * k2 / (ps * pu)
+        mi[i] = float((joint[nz] * np.log(ratio[nz])).sum() / k2)
+    return np.clip(mi, 0.0, None)
+
+
+def miller_madow_term(selectors: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """(|S_obs| - 1)(|U_obs| - 1) / (2 k2) per pair, nats. (k2, n) -> (n,)."""
+    s, u = _check_draws(selectors, symbols, "miller_madow_term")
+    k2 = s.shape[0]
+    _, s_distinct = _counts(s)
+    _, u_distinct = _counts(u)
+    return (s_distinct - 1) * (u_distinct - 1) / (2.0 * k2)
+
+
+def estimate_mi(
+    selectors: np.ndarray, symbols: np.ndarray, estimator: MiEstimator | str = MiEstimator.PLUGIN
+) -> np.ndarray:
+    """Per-pair MI (n,) in nats with ``estimator`` (see :class:`MiEstimator`), clipped at 0."""
+    estimator = MiEstimator(estimator)
+    mi = plugin_mi(selectors, symbols)
+    if estimator is MiEstimator.MILLER_MADOW:
+        mi = np.clip(mi - miller_madow_term(selectors, symbols), 0.0, None)
+    return mi
+
+
+def samplewise_bound(mi: np.ndarray) -> float:
+    """(1/n) Σ_i sqrt(2 Î_i) for mi (n,) in nats (clipped at 0 first)."""
+    return float(np.sqrt(2.0 * np.clip(np.asarray(mi, dtype=np.float64), 0.0, None)).mean())
+
+
+def estimate_supersample(
+    predictions: np.ndarray,
+    selectors: np.ndarray,
+    train_accuracy: np.ndarray,
+    heldout_accuracy: np.ndarray,
+    *,
+    n_classes: int,
+    estimator: MiEstimator | str = MiEstimator.PLUGIN,
+) -> SupersampleEstimate:
+    """predictions (k2, n, 2), selectors (k2, n), accuracies (k2,) -> one supersample's estimate."""
+    predictions = np.asarray(predictions)
+    if predictions.ndim != 3 or predictions.shape[2] != 2:
+        raise invalid(
+            "predictions", "estimate_supersample", "an array of shape (k2, n, 2)", predictions.shape
+        )
+    symbols = pair_symbols(predictions, n_classes)
+    mi = estimate_mi(selectors, symbols, estimator)
+    train = np.asarray(train_accuracy, dtype=np.float64).reshape(-1)
+    heldout = np.asarray(heldout_accuracy, dtype=np.float64).reshape(-1)
+    return SupersampleEstimate(
+        mi=mi,
+        bias=miller_madow_term(selectors, symbols),
+        bound=samplewise_bound(mi),
+        gap=float((train - heldout).mean()),
+        train_accuracy=float(train.mean()),
+        heldout_accuracy=float(heldout.mean()),
+        units=int(predictions.shape[0]),
+    )
+
+
+def aggregate(n: int, estimates: Sequence[SupersampleEstimate]) -> Aggregate:
+    """Mean and std (ddof = 0) of bound and gap over the k1 supersamples of one n."""
+    if not estimates:
+        raise invalid("estimates", "aggregate", "at least one supersample estimate", [])
+    bounds = np.array([e.bound for e in estimates])
+    gaps = np.array([e.gap for e in estimates])
+    return Aggregate(
+        n=int(n),
+        gap_mean=float(gaps.mean()),
+        gap_std=float(gaps.std()),
+        bound_mean=float(bounds.mean()),
+        bound_std=float(bounds.std()),
+        train_accuracy=float(np.mean([e.train_accuracy for e in estimates])),
+        heldout_accuracy=float(np.mean([e.heldout_accuracy for e in estimates])),
+        units=int(sum(e.units for e in estimates)),
+        bias_estimate=float(np.mean(np.concatenate([e.bias for e in estimates]))),
+    )
+
+
+# ---------------------------------------------------------------- experimental (unverified)
+
+
+def binary_kl(p: float, q: float) -> float:
+    """d(p || q) between Bernoulli(p) and Bernoulli(q), nats; inf where q hits 0 or 1 with p off it."""
+
+    def term(a: float, b: float) -> float:
+        if a == 0.0:
+            return 0.0
+        if b == 0.0:
+            return math.inf
+        return a * math.log(a / b)
+
+    return term(p, q) + term(1.0 - p, 1.0 - q)
+
+
+def binary_kl_test_error_bound(
+    empirical_error: float, info_per_sample: float, *, tol: float = 1e-12
+) -> float:
+    """[unverified, experimental] The largest test error L with d(e || (e + L)/2) <= c, capped at 1.
+
+    e = ``empirical_error`` in [0, 1], c = ``info_per_sample`` (nats). SCIENCE.md 3.2 item 3
+    states d(E L_emp || (E L_emp + E L_test)/2) <= f-CMI_D / n; for e = 0 this is
+    L <= 2 (1 - exp(-c)). Not verified against the paper; never an acceptance target.
+    """
+    e = float(min(max(empirical_error, 0.0), 1.0))
+    c = float(max(info_per_sample, 0.0))
+    # q = (e + L)/2 ranges over [e, (e + 1)/2], where d(e || q) grows with q: bisect on q.
+    lo, hi = e, (e + 1.0) / 2.0
+    if binary_kl(e, hi) <= c:
+        return 1.0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if binary_kl(e, mid) <= c:
+            lo = mid
+        else:
+            hi = mid
+    return float(min(2.0 * lo - e, 1.0))
+
+
+def experimental_binary_kl(estimate: SupersampleEstimate) -> dict[str, float]:
+    """[unverified] Binary-KL form for one supersample, with mean_i Î_i standing in for f-CMI/n.
+
+    The stand-in is itself unverified: Σ_i I(F_i; S_i) is not f-CMI in general.
+    -> {"info_per_sample", "train_error", "test_error_bound", "gap_bound"}.
+    """
+    c = float(np.mean(estimate.mi))
+    train_error = 1.0 - estimate.train_accuracy
+    test_bound = binary_kl_test_error_bound(train_error, c)
+    return {
+        "info_per_sample": c,
+        "train_error": train_error,
+        "test_error_bound": test_bound,
+        "gap_bound": test_bound - train_error,
+    }

@@ -1,0 +1,318 @@
+"""f-CMI bounds: estimator, supersample construction, runner plan/run_unit/reduce."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import typing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydantic
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import mutual_info_score
+
+from contracts.fcmi import FcmiParams, LearnerName, MiEstimatorName
+from infoscore import fcmi
+from infoscore.errors import InvalidInputError
+from tests.runner_helpers import make_context
+from workers.runners.fcmi import FcmiRunner
+
+GAUSSIANS = {"builtin": "gaussians", "n": 400, "dim": 10, "classes": 2, "label_noise": 0.2, "seed": 3}
+RESULT_KEYS = {"n", "gap_mean", "gap_std", "bound_mean", "bound_std", "train_acc", "test_acc", "units"}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> typing.Iterator[None]:
+    # The models here are tiny: extra threads only fight over shared cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _request(params: dict[str, Any], model: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": "fcmi-bound",
+        "dataset": GAUSSIANS,
+        "model": model or {"arch": "linear"},
+        "params": params,
+        **extra,
+    }
+
+
+def _run_all(runner: FcmiRunner, ctx: Any) -> Any:
+    units = runner.plan(ctx)
+    results = {u.name: runner.run_unit(ctx, u) for u in units}
+    return runner.reduce(ctx, results)
+
+
+# ---------------------------------------------------------------- estimator
+
+
+def test_plugin_mi_exactly_independent_is_zero() -> None:
+    # Every (s, u) combination appears equally often: the empirical joint factorizes.
+    s = np.array([0, 1] * 20)
+    u = np.array([0, 0, 1, 1] * 10)
+    mi = fcmi.plugin_mi(s, u)
+    assert mi.shape == (1,)
+    assert mi[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_plugin_mi_random_independent_is_small_and_clipped() -> None:
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 2, size=(2000, 50))
+    u = rng.integers(0, 3, size=(2000, 50))
+    plug = fcmi.plugin_mi(s, u)
+    corrected = fcmi.estimate_mi(s, u, "miller_madow")
+    assert np.all(plug >= 0.0) and np.all(corrected >= 0.0)
+    # First-order bias (|U|-1)/(2 k2) = 5e-4 nats; the mean sits near it.
+    assert plug.mean() == pytest.approx(2 / (2 * 2000), rel=0.5)
+    assert corrected.mean() < plug.mean()
+
+
+def test_plugin_mi_selector_determines_symbol_is_log2() -> None:
+    s = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    u = 7 * s + 3
+    assert fcmi.plugin_mi(s, u)[0] == pytest.approx(math.log(2.0), abs=1e-12)
+    assert fcmi.samplewise_bound(fcmi.plugin_mi(s, u)) == pytest.approx(math.sqrt(2 * math.log(2.0)))
+
+
+def test_miller_madow_hand_value() -> None:
+    # joint counts (0,0) (0,1) (1,0) (1,2) once each: Î = log(2)/2; |S|=2, |U|=3, k2=4.
+    s = np.array([0, 0, 1, 1])
+    u = np.array([0, 1, 0, 2])
+    assert fcmi.plugin_mi(s, u)[0] == pytest.approx(math.log(2) / 2, abs=1e-12)
+    assert fcmi.miller_madow_term(s, u)[0] == pytest.approx(0.25)
+    assert fcmi.estimate_mi(s, u, "miller_madow")[0] == pytest.approx(math.log(2) / 2 - 0.25, abs=1e-12)
+
+
+def test_miller_madow_clips_at_zero() -> None:
+    s = np.array([0, 1, 0, 1])
+    u = np.array([0, 1, 1, 0])  # independent in the sample, 2 symbols: 0 - 1/8 -> 0
+    assert fcmi.plugin_mi(s, u)[0] == pytest.approx(0.0, abs=1e-12)
+    assert fcmi.estimate_mi(s, u, fcmi.MiEstimator.MILLER_MADOW)[0] == 0.0
+
+
+def test_plugin_mi_matches_sklearn_reference_per_column() -> None:
+    rng = np.random.default_rng(1)
+    s = rng.integers(0, 2, size=(30, 12))
+    u = (s * rng.integers(0, 2, size=(30, 12)) + rng.integers(0, 4, size=(30, 12))) % 5
+    fast = fcmi.plugin_mi(s, u)
+    slow = np.array([max(mutual_info_score(s[:, i], u[:, i]), 0.0) for i in range(12)])
+    np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=40).flatmap(
+        lambda k2: st.tuples(
+            st.lists(st.integers(0, 1), min_size=k2, max_size=k2),
+            st.lists(st.integers(0, 99), min_size=k2, max_size=k2),
+        )
+    )
+)
+def test_plugin_mi_between_zero_and_log2(draws: tuple[list[int], list[int]]) -> None:
+    s, u = (np.array(v) for v in draws)
+    mi = fcmi.plugin_mi(s, u)[0]
+    assert 0.0 <= mi <= math.log(2.0) + 1e-12
+
+
+def test_pair_symbols_encoding() -> None:
+    preds = np.array([[[3, 1], [0, 9]]], dtype=np.int16)  # (k2=1, n=2, 2)
+    np.testing.assert_array_equal(fcmi.pair_symbols(preds, 10), [[31, 9]])
+
+
+def test_mismatched_shapes_raise_invalid_input() -> None:
+    with pytest.raises(InvalidInputError, match="'symbols' parameter of plugin_mi"):
+        fcmi.plugin_mi(np.zeros((4, 2)), np.zeros((4, 3)))
+
+
+# ---------------------------------------------------------------- construction
+
+
+def test_supersample_pairs_are_disjoint_and_seeded() -> None:
+    pairs = fcmi.make_supersample(100, 30, seed=5)
+    assert pairs.shape == (30, 2)
+    assert len(np.unique(pairs)) == 60
+    assert pairs.min() >= 0 and pairs.max() < 100
+    np.testing.assert_array_equal(pairs, fcmi.make_supersample(100, 30, seed=5))
+    assert not np.array_equal(pairs, fcmi.make_supersample(100, 30, seed=6))
+
+
+def test_train_rows_are_pair_member_selected_by_s() -> None:
+    pairs = fcmi.make_supersample(50, 20, seed=0)
+    selector = fcmi.draw_selector(20, seed=3)
+    assert set(np.unique(selector)) <= {0, 1}
+    train, held = fcmi.split_pairs(pairs, selector)
+    flat = pairs.reshape(-1)  # row 2i + c of the draw is pair i, member c
+    np.testing.assert_array_equal(train, flat[2 * np.arange(20) + selector])
+    np.testing.assert_array_equal(held, flat[2 * np.arange(20) + 1 - selector])
+    assert not set(train) & set(held)
+
+
+def test_supersample_rejects_too_large_n() -> None:
+    with pytest.raises(InvalidInputError, match="'n' parameter of make_supersample") as err:
+        fcmi.make_supersample(10, 6, seed=0)
+    assert err.value.param == "n"
+
+
+def test_unit_seeds_default_vs_deterministic() -> None:
+    assert fcmi.unit_seeds(0, 1, 2, deterministic=True) == fcmi.unit_seeds(9, 3, 4, deterministic=True) == 42
+    a = fcmi.unit_seeds(0, 0, 0, deterministic=False)
+    assert a == fcmi.unit_seeds(0, 0, 0, deterministic=False)
+    assert a != fcmi.unit_seeds(0, 0, 1, deterministic=False)
+    assert a != fcmi.unit_seeds(1, 0, 0, deterministic=False)
+
+
+def test_one_nn_memorizes_its_training_rows() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=40)
+    pairs = fcmi.make_supersample(40, 20, seed=1)
+    selector = fcmi.draw_selector(20, seed=2)
+    res = fcmi.train_unit(x, y, pairs, selector, n_classes=3, learner="1nn")
+    assert res.predictions.dtype == np.int16 and res.predictions.shape == (20, 2)
+    assert res.train_accuracy == 1.0
+
+
+# ---------------------------------------------------------------- experimental form
+
+
+def test_binary_kl_interpolating_closed_form() -> None:
+    for c in (0.01, 0.1, 0.5):
+        assert fcmi.binary_kl_test_error_bound(0.0, c) == pytest.approx(2 * (1 - math.exp(-c)), abs=1e-9)
+    assert fcmi.binary_kl_test_error_bound(0.1, 0.0) == pytest.approx(0.1, abs=1e-6)
+    assert fcmi.binary_kl_test_error_bound(0.2, 10.0) == 1.0
+
+
+# ---------------------------------------------------------------- contracts and runner
+
+
+def test_contract_literals_mirror_enums() -> None:
+    assert set(typing.get_args(MiEstimatorName)) == {e.value for e in fcmi.MiEstimator}
+    assert set(typing.get_args(LearnerName)) == {e.value for e in fcmi.Learner}
+
+
+def test_contract_rejects_bad_n() -> None:
+    for bad in ([0], [10, 10], []):
+        with pytest.raises(pydantic.ValidationError):
+            FcmiParams(n=bad)
+
+
+def test_plan_rejects_n_larger_than_half_the_pool(tmp_path: Path) -> None:
+    ctx = make_context(_request({"n": [50, 201], "k1": 1, "k2": 2}), tmp_path)
+    with pytest.raises(InvalidInputError, match="'n' parameter of fcmi-bound") as err:
+        FcmiRunner().plan(ctx)
+    assert err.value.param == "n"
+
+
+def test_plan_units_are_keyed_by_their_content(tmp_path: Path) -> None:
+    runner = FcmiRunner()
+    ctx = make_context(_request({"n": [10, 20], "k1": 2, "k2": 3}), tmp_path)
+    units = runner.plan(ctx)
+    assert len(units) == 2 * 2 * 3
+    assert len({u.name for u in units}) == len({u.key("fp") for u in units}) == 12
+    for u in units:
+        json.dumps(u.params)
+        assert {"n", "supersample_seed", "selector_seed", "model", "epochs", "init_seed"} <= set(u.params)
+    det = runner.plan(make_context(_request({"n": [10], "k2": 3, "deterministic": True}), tmp_path))
+    assert {u.params["init_seed"] for u in det} == {42}
+    # A different n list shares the n = 10 units with the first job.
+    other = runner.plan(make_context(_request({"n": [10, 30], "k1": 2, "k2": 3}), tmp_path))
+    assert {u.key("fp") for u in units if u.params["n"] == 10} <= {u.key("fp") for u in other}
+    # The 1-NN control does not depend on the model or the training recipe.
+    nn_a = runner.plan(make_context(_request({"n": [10], "k2": 3, "learner": "1nn"}), tmp_path))
+    nn_b = runner.plan(
+        make_context(_request({"n": [10], "k2": 3, "learner": "1nn", "epochs": 7}, {"arch": "mlp"}), tmp_path)
+    )
+    assert [u.key("fp") for u in nn_a] == [u.key("fp") for u in nn_b]
+
+
+def test_run_unit_is_deterministic(tmp_path: Path) -> None:
+    runner = FcmiRunner()
+    ctx = make_context(_request({"n": [30], "k1": 1, "k2": 2, "epochs": 5, "lr": 0.05}), tmp_path)
+    unit = runner.plan(ctx)[1]
+    first = runner.run_unit(ctx, unit)
+    second = runner.run_unit(ctx, unit)
+    assert first["predictions"].dtype == np.int16 and first["predictions"].shape == (30, 2)
+    np.testing.assert_array_equal(first["predictions"], second["predictions"])
+    np.testing.assert_array_equal(first["accuracy"], second["accuracy"])
+    np.testing.assert_array_equal(first["selector"], fcmi.draw_selector(30, 1))
+
+
+def test_reduce_requires_every_unit(tmp_path: Path) -> None:
+    runner = FcmiRunner()
+    ctx = make_context(_request({"n": [10], "k1": 1, "k2": 2, "learner": "1nn"}), tmp_path)
+    units = runner.plan(ctx)
+    with pytest.raises(InvalidInputError, match="'results' parameter"):
+        runner.reduce(ctx, {units[0].name: runner.run_unit(ctx, units[0])})
+
+
+def test_end_to_end_linear_bound_above_gap_and_1nn_control_high(tmp_path: Path) -> None:
+    runner = FcmiRunner()
+    params = {"n": [20, 80], "k1": 2, "k2": 10, "epochs": 40, "lr": 0.05, "batch_size": 32}
+    linear = _run_all(runner, make_context(_request(params), tmp_path))
+    control = _run_all(runner, make_context(_request({**params, "learner": "1nn"}), tmp_path))
+
+    for out in (linear, control):
+        assert out.scores is None
+        rows = out.summary["results"]
+        assert [r["n"] for r in rows] == [20, 80]
+        for r in rows:
+            assert set(r) == RESULT_KEYS
+            assert r["units"] == 2 * 10
+            assert r["bound_mean"] >= r["gap_mean"]
+        assert out.summary["mi_estimator"] == "plugin"
+        assert out.summary["bias_estimate"] > 0
+        assert out.files["bound.png"][:8] == b"\x89PNG\r\n\x1a\n"  # type: ignore[index]
+        table = list(csv.DictReader(io.StringIO(out.files["mi.csv"].decode())))  # type: ignore[union-attr]
+        assert list(table[0]) == ["n", "supersample", "pair", "mi"]
+        assert len(table) == 2 * (20 + 80)
+
+    lin = {r["n"]: r for r in linear.summary["results"]}
+    nn = {r["n"]: r for r in control.summary["results"]}
+    assert lin[80]["bound_mean"] < 0.5
+    for n in (20, 80):
+        assert nn[n]["train_acc"] == 1.0
+        assert nn[n]["bound_mean"] > 0.5
+        assert nn[n]["bound_mean"] > lin[n]["bound_mean"]
+
+
+def test_bias_corrected_and_experimental_outputs(tmp_path: Path) -> None:
+    runner = FcmiRunner()
+    base = {"n": [20], "k1": 1, "k2": 6, "learner": "1nn"}
+    plug = _run_all(runner, make_context(_request(base), tmp_path))
+    mm = _run_all(
+        runner,
+        make_context(_request({**base, "mi_estimator": "miller_madow", "experimental": True}), tmp_path),
+    )
+    assert mm.summary["mi_estimator"] == "miller_madow"
+    assert "bias-corrected" in mm.summary["mi_estimator_label"]
+    assert mm.summary["results"][0]["bound_mean"] < plug.summary["results"][0]["bound_mean"]
+    assert "experimental" not in plug.summary
+    exp = mm.summary["experimental"]
+    assert "unverified" in exp["label"]
+    assert 0.0 <= exp["supersamples"][0]["test_error_bound"] <= 1.0
+
+
+def test_contract_round_trips_through_json() -> None:
+    params = FcmiParams(n=[10, 30], k2=5, learner="1nn", mi_estimator="miller_madow", experimental=True)
+    assert FcmiParams.model_validate_json(params.model_dump_json()) == params
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(-5, 60), st.integers(-5, 60), st.integers(0, 2**31 - 1))
+def test_make_supersample_passes_or_raises_invalid_input(pool: int, n: int, seed: int) -> None:
+    try:
+        pairs = fcmi.make_supersample(pool, n, seed)
+    except InvalidInputError as err:
+        assert err.param == "n" and str(err).startswith("The 'n' parameter of make_supersample must be")
+    else:
+        assert pairs.shape == (n, 2) and len(np.unique(pairs)) == 2 * n and pairs.max() < pool
