@@ -9,6 +9,7 @@ units are reused by an identical resubmission.
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -174,3 +175,50 @@ def test_fanout_units_are_shared_across_different_jobs(api: Any, worker: WorkerP
     assert [r["n"] for r in done["summary"]["results"]] == [10, 20, 30]
     assert f"job {job['id']} fans out: 9 units, 6 cached" in worker.log()  # only n = 30 was trained
     assert done["progress"] == {"done": 9, "total": 9}
+
+
+def test_killing_one_of_two_workers_during_a_fanout_job(
+    api: Any, environment: Environment, tmp_path: Path
+) -> None:
+    """One worker process is SIGKILLed mid-job; the other finishes the job (the reaper
+    re-sends the lost unit) with the same numbers as an undisturbed serial run."""
+    import torch
+
+    from tests.runner_helpers import make_context
+    from workers.runners import get_runner
+
+    request = {
+        "kind": "fcmi-bound",
+        "dataset": {"builtin": "digits", "classes": [4, 9]},
+        "model": {"arch": "mlp", "hidden": [32]},
+        "params": {"n": [20, 40], "k1": 1, "k2": 12, "epochs": 60, "batch_size": 8},
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers (INFOSCORE_TORCH_THREADS=1)
+    try:
+        ctx = make_context(request, tmp_path / "ref")
+        runner = get_runner("fcmi-bound")
+        reference = runner.reduce(ctx, {u.name: runner.run_unit(ctx, u) for u in runner.plan(ctx)})
+    finally:
+        torch.set_num_threads(threads)
+
+    doomed = WorkerProcess(environment, tmp_path / "doomed.log").start()
+    survivor = WorkerProcess(environment, tmp_path / "survivor.log").start()
+    try:
+        job = api.post("/v1/jobs", json=request).json()
+
+        def doomed_mid_unit() -> bool:
+            lines = [line for line in doomed.log().splitlines() if "workers.run_unit[" in line]
+            received = sum(line.endswith("] received") for line in lines)
+            finished = sum("] succeeded in " in line for line in lines)
+            return received >= 2 and received > finished
+
+        wait_until(doomed_mid_unit, 180, interval=0.05, what="a unit running on the doomed worker")
+        doomed.kill()
+        done = wait_for_state(api, job["id"], ("succeeded", "failed"), timeout=300)
+    finally:
+        survivor.stop()
+    assert "lost; re-sending" in survivor.log()  # the reaper recovered the killed worker's unit
+    assert done["state"] == "succeeded", done["error"]
+    assert done["progress"] == {"done": 24, "total": 24}
+    assert done["summary"]["results"] == json.loads(json.dumps(reference.summary["results"]))
