@@ -473,9 +473,9 @@ class EpochTracker:
 class LimitConfig:
     """LIMIT hyperparameters: Adam 1e-3, batch 256 and Laplace as in SCIENCE.md 4.3.
 
-    β = 10 and 300 epochs were chosen on digits (docs/benchmarks/limit.md): β ≤ 1 lets
-    q memorize flipped labels at 80% noise; β = 10 and 30 tie on test accuracy, and 10
-    learns faster early on.
+    β = 30 and 300 epochs were chosen on digits (docs/benchmarks/limit.md): β ≤ 1 lets
+    q memorize flipped labels at 80% noise; β = 10 and 30 tie on test accuracy, and only
+    β = 30 kept the noisy-train accuracy within 0.1 of 1 − p on both measured seeds.
     """
 
     epochs: int = 300
