@@ -252,7 +252,7 @@ class Supervisor:
             if child.name == "worker":
                 # Warm shutdown first; a job still running after the grace period is
                 # cold-stopped: its message is not acked and the reaper resumes it later.
-                child.stop(grace=15.0)
+                child.stop(grace=float(os.environ.get("INFOSCORE_WORKER_STOP_GRACE", "15")))
             else:
                 child.stop(grace=10.0)
         print("infoscore: stopped.", file=sys.stderr, flush=True)

@@ -38,6 +38,7 @@ class Up:
                 "INFOSCORE_STALE_AFTER": "4",
                 "INFOSCORE_REAPER_INTERVAL": "1",
                 "INFOSCORE_TORCH_THREADS": "1",
+                "INFOSCORE_WORKER_STOP_GRACE": "1",
             }
         )
         self.proc = subprocess.Popen(

@@ -111,7 +111,7 @@ def test_failed_job_has_a_problem_reason(api: Any, worker: WorkerProcess) -> Non
 def test_worker_killed_mid_job_is_recovered_with_the_same_result(
     api: Any, environment: Environment, tmp_path: Path
 ) -> None:
-    body = {**SMALL_TD, "params": {"epochs": 25, "el2n_epoch": 2, "batch_size": 64}}
+    body = {**SMALL_TD, "params": {"epochs": 150, "el2n_epoch": 2, "batch_size": 16}}
     first = WorkerProcess(environment, tmp_path / "w1.log").start()
     reference = api.post("/v1/jobs", json=body).json()
     assert wait_for_state(api, reference["id"], ("succeeded", "failed"), 300)["state"] == "succeeded"
