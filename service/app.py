@@ -78,20 +78,22 @@ class Gateway:
         )
 
 
-def get_gateway(request: Request) -> Gateway:
+# Dependencies are async (they run on the event loop): a sync dependency costs a
+# thread-pool hop per request, and these only read memory (the key lookup is cached).
+async def get_gateway(request: Request) -> Gateway:
     gw: Gateway = request.app.state.gateway
     return gw
 
 
-def get_caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
-    gw = get_gateway(request)
+async def get_caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    gw: Gateway = request.app.state.gateway
     caller = authenticate(authorization, auth=gw.settings.auth, resolver=gw.keys)
     if caller.key_id is not None:
         gw.rate_limiter.check(caller.key_id)
     return caller
 
 
-def get_tenant(caller: Annotated[Caller, Depends(get_caller)]) -> str:
+async def get_tenant(caller: Annotated[Caller, Depends(get_caller)]) -> str:
     return caller.tenant
 
 
@@ -471,7 +473,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return JobList(items=[_job_record(r) for r in rows], next_cursor=next_cursor)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobRecord, tags=["jobs"])
-    def get_job(job_id: str, gw: GatewayDep, tenant: TenantDep) -> JobRecord:
+    async def get_job(job_id: str, gw: GatewayDep, tenant: TenantDep) -> JobRecord:
         return _job_record(_get_job_or_404(gw, job_id, tenant))
 
     @app.delete("/v1/jobs/{job_id}", response_model=JobRecord, status_code=202, tags=["jobs"])

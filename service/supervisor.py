@@ -134,6 +134,10 @@ class Supervisor:
         env["INFOSCORE_HOST"] = self.host
         env["INFOSCORE_PORT"] = str(self.port)
         env["INFOSCORE_WORKER_CONCURRENCY"] = str(self.workers)
+        # One machine runs everything here: leave a core to the API and the broker, so
+        # status requests stay fast while a job trains.
+        cores = os.cpu_count() or 1
+        env.setdefault("INFOSCORE_TORCH_THREADS", str(max(1, (cores - 1) // self.workers)))
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 

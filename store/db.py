@@ -97,6 +97,9 @@ class JobRow(Base):
     artifacts: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of names
 
 
+JOBS = JobRow.__table__
+
+
 class UnitRow(Base):
     """One unit of a fan-out job; ``key`` is its content key in the unit cache."""
 
@@ -177,7 +180,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # A pool as large as the API's thread pool: opening a SQLite connection (and its
+        # PRAGMAs) per request would cost more than the query.
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=40,
+            max_overflow=10,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
@@ -306,11 +316,14 @@ class JobStore:
             return None if row is None else _job_dict(row)
 
     def get_job(self, job_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        with self.session() as s:
-            row = s.get(JobRow, job_id)
-            if row is None or (tenant is not None and row.tenant != tenant):
-                return None
-            return _job_dict(row)
+        # The hot path of status polling: a Core SELECT on a pooled connection, no ORM
+        # identity map or unit of work (several times cheaper per call).
+        query = select(JOBS).where(JOBS.c.id == job_id)
+        if tenant is not None:
+            query = query.where(JOBS.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _job_dict(row)  # type: ignore[arg-type]
 
     def list_jobs(
         self,
