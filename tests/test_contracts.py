@@ -127,3 +127,19 @@ def test_estimates_match_the_real_dataset_and_model(dataset: dict[str, Any], mod
     assert (shape.n_train, shape.n_test, shape.n_classes) == (ds.n_train, ds.n_test, ds.n_classes)
     real = count_parameters(build_model(req.model.model_dump(), ds.input_shape, ds.n_classes))
     assert parameter_count(req.model.model_dump(), shape) == real
+
+
+def test_worker_dataset_cache_hands_out_independent_copies(tmp_path: Path) -> None:
+    from workers.datasets import load_dataset
+
+    ref = parse_job_request(
+        {"kind": "limit", "dataset": {"builtin": "digits", "label_noise": 0.3}, "model": {"arch": "linear"}}
+    ).dataset
+    first = load_dataset(ref, tmp_path)
+    first.x_train[:] = -1.0
+    first.y_train[:] = 0
+    first.info["mutated"] = True
+    second = load_dataset(ref, tmp_path)
+    assert second.x_train.min() >= 0.0 and len(set(second.y_train.tolist())) == 10
+    assert "mutated" not in second.info
+    assert second.noisy_mask is not None and 0.25 < second.noisy_mask.mean() < 0.35
