@@ -10,56 +10,31 @@ import argparse
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from embedded import embedded_service
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(workers: int, request: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    data = Path(tempfile.mkdtemp(prefix=f"infoscore-fcmi-w{workers}-"))
-    port = 19000 + workers + os.getpid() % 500
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "up",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--workers",
-            str(workers),
-            "--log-dir",
-            str(data / "logs"),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    print("  " + proc.stdout.readline().strip())
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            t0 = time.perf_counter()
-            job = client.post("/v1/jobs", json=request).json()
-            while True:
-                record = client.get(f"/v1/jobs/{job['id']}").json()
-                if record["state"] in ("succeeded", "failed", "cancelled"):
-                    break
-                time.sleep(0.5)
-            return time.perf_counter() - t0, record
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+    with (
+        embedded_service(workers, prefix=f"infoscore-fcmi-w{workers}-") as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        t0 = time.perf_counter()
+        job = client.post("/v1/jobs", json=request).json()
+        while True:
+            record: dict[str, Any] = client.get(f"/v1/jobs/{job['id']}").json()
+            if record["state"] in ("succeeded", "failed", "cancelled"):
+                return time.perf_counter() - t0, record
+            time.sleep(0.5)
 
 
 def main() -> int:

@@ -19,14 +19,15 @@ import asyncio
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from embedded import embedded_service
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG_JOB = {
@@ -156,94 +157,68 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    proc = None
-    url = args.url
-    if url is None:
-        port = 18000 + os.getpid() % 1000
-        data = Path(tempfile.mkdtemp(prefix="infoscore-load-"))
-        env = {**os.environ, "INFOSCORE_MAX_ACTIVE_JOBS": str(args.jobs + 10)}
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "up",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data),
-                "--workers",
-                str(args.workers),
-                "--log-dir",
-                str(data / "logs"),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        print(proc.stdout.readline().strip())
-        url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            long_job = client.post("/v1/jobs", json=LONG_JOB).json()["id"]
-            while client.get(f"/v1/jobs/{long_job}").json()["state"] != "running":
-                time.sleep(0.2)
-        print(f"machine: {platform.node()} {os.cpu_count()} cores, python {platform.python_version()}")
-        print(
-            f"status phase: {args.clients} clients x {args.duration:.0f} s on GET /v1/jobs/{{id}} while a job runs"
-        )
-        if args.status_client == "wrk":
-            stats = parse_wrk(wrk_status(url, long_job, args.clients, args.duration))
-            print(
-                f"  [wrk] requests {stats['requests']:.0f}, non-2xx {stats['non_2xx']:.0f}, "
-                f"{stats['rps']:.0f} req/s, p50 {stats['p50_ms']:.1f} ms, p99 {stats['p99_ms']:.1f} ms"
-            )
-        else:
-            t0 = time.perf_counter()
-            count, lat, errors = asyncio.run(status_phase(url, long_job, args.clients, args.duration))
-            elapsed = time.perf_counter() - t0
-            print(
-                f"  [python] requests {count}, errors {errors}, {count / elapsed:.0f} req/s, "
-                f"p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat) * 1000:.1f} ms"
-            )
-        with httpx.Client(base_url=url, timeout=30) as client:
-            state = client.get(f"/v1/jobs/{long_job}").json()["state"]
-        print(f"  the background job was still {state} at the end of the phase")
+    if args.url is not None:
+        return measure(args.url, args)
+    env = {"INFOSCORE_MAX_ACTIVE_JOBS": str(args.jobs + 10)}
+    with embedded_service(args.workers, env=env, prefix="infoscore-load-") as url:
+        return measure(url, args)
 
-        with httpx.Client(base_url=url, timeout=30) as client:
-            client.delete(f"/v1/jobs/{long_job}")
-        print(f"submit phase: {args.jobs} jobs by {args.clients} clients")
+
+def measure(url: str, args: argparse.Namespace) -> int:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        long_job = client.post("/v1/jobs", json=LONG_JOB).json()["id"]
+        while client.get(f"/v1/jobs/{long_job}").json()["state"] != "running":
+            time.sleep(0.2)
+    print(f"machine: {platform.node()} {os.cpu_count()} cores, python {platform.python_version()}")
+    print(
+        f"status phase: {args.clients} clients x {args.duration:.0f} s on GET /v1/jobs/{{id}} while a job runs"
+    )
+    if args.status_client == "wrk":
+        stats = parse_wrk(wrk_status(url, long_job, args.clients, args.duration))
+        print(
+            f"  [wrk] requests {stats['requests']:.0f}, non-2xx {stats['non_2xx']:.0f}, "
+            f"{stats['rps']:.0f} req/s, p50 {stats['p50_ms']:.1f} ms, p99 {stats['p99_ms']:.1f} ms"
+        )
+    else:
         t0 = time.perf_counter()
-        ids, lat, errors = asyncio.run(submit_phase(url, args.jobs, args.clients))
+        count, lat, errors = asyncio.run(status_phase(url, long_job, args.clients, args.duration))
         elapsed = time.perf_counter() - t0
         print(
-            f"  accepted {len(ids)}, errors {errors}, {len(ids) / elapsed:.0f} submits/s, "
-            f"POST p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms"
+            f"  [python] requests {count}, errors {errors}, {count / elapsed:.0f} req/s, "
+            f"p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat) * 1000:.1f} ms"
         )
-        t0 = time.perf_counter()
-        states: dict[str, str] = {}
-        with httpx.Client(base_url=url, timeout=30) as client:
-            while time.perf_counter() - t0 < args.timeout:
-                for job_id in ids:
-                    if states.get(job_id) in (None, "queued", "running"):
-                        states[job_id] = client.get(f"/v1/jobs/{job_id}").json()["state"]
-                if all(s in ("succeeded", "failed", "cancelled") for s in states.values()):
-                    break
-                time.sleep(1)
-        counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
-        lost = len(ids) - sum(v for k, v in counts.items() if k in ("succeeded", "failed", "cancelled"))
-        print(
-            f"  all ended after {time.perf_counter() - t0:.0f} s: {counts}; lost {lost}; "
-            f"failed {counts.get('failed', 0)}"
-        )
-        ok = lost == 0 and counts.get("succeeded", 0) == len(ids) == args.jobs
-        return 0 if ok else 1
-    finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        state = client.get(f"/v1/jobs/{long_job}").json()["state"]
+    print(f"  the background job was still {state} at the end of the phase")
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        client.delete(f"/v1/jobs/{long_job}")
+    print(f"submit phase: {args.jobs} jobs by {args.clients} clients")
+    t0 = time.perf_counter()
+    ids, lat, errors = asyncio.run(submit_phase(url, args.jobs, args.clients))
+    elapsed = time.perf_counter() - t0
+    print(
+        f"  accepted {len(ids)}, errors {errors}, {len(ids) / elapsed:.0f} submits/s, "
+        f"POST p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms"
+    )
+    t0 = time.perf_counter()
+    states: dict[str, str] = {}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        while time.perf_counter() - t0 < args.timeout:
+            for job_id in ids:
+                if states.get(job_id) in (None, "queued", "running"):
+                    states[job_id] = client.get(f"/v1/jobs/{job_id}").json()["state"]
+            if all(s in ("succeeded", "failed", "cancelled") for s in states.values()):
+                break
+            time.sleep(1)
+    counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
+    lost = len(ids) - sum(v for k, v in counts.items() if k in ("succeeded", "failed", "cancelled"))
+    print(
+        f"  all ended after {time.perf_counter() - t0:.0f} s: {counts}; lost {lost}; "
+        f"failed {counts.get('failed', 0)}"
+    )
+    ok = lost == 0 and counts.get("succeeded", 0) == len(ids) == args.jobs
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
