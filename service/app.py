@@ -404,6 +404,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             name=job.name,
             idempotency_key=idempotency_key,
         )
+        if not row["created"]:  # a concurrent request with the same Idempotency-Key won
+            if row["fingerprint"] != fingerprint:
+                raise ProblemError(
+                    409,
+                    "The Idempotency-Key was already used with a different request body.",
+                    type_="idempotency-conflict",
+                )
+            response.headers["Location"] = f"/v1/jobs/{row['id']}"
+            return _job_record(row)
         try:
             gw.send(row["id"])
         except Exception as exc:

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Index,
     Integer,
     String,
     Text,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 DEFAULT_TENANT = "default"
@@ -81,7 +83,7 @@ class JobRow(Base):
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request: Mapped[str] = mapped_column(Text)  # JSON of the validated request
     fingerprint: Mapped[str] = mapped_column(String(64))
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     progress_done: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
@@ -95,6 +97,8 @@ class JobRow(Base):
     summary: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     artifacts: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of names
+
+    __table_args__ = (Index("ux_jobs_tenant_idempotency_key", "tenant", "idempotency_key", unique=True),)
 
 
 JOBS = JobRow.__table__
@@ -291,6 +295,30 @@ class JobStore:
         tenant: str = DEFAULT_TENANT,
         name: str | None = None,
         idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Insert a queued job. With an ``idempotency_key`` already used by this tenant,
+        returns that job instead (the unique index settles concurrent requests)."""
+        try:
+            return {
+                **self._insert_job(kind, request, fingerprint, tenant, name, idempotency_key),
+                "created": True,
+            }
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            existing = self.find_by_idempotency_key(idempotency_key, tenant)
+            if existing is None:
+                raise
+            return {**existing, "created": False}
+
+    def _insert_job(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        fingerprint: str,
+        tenant: str,
+        name: str | None,
+        idempotency_key: str | None,
     ) -> dict[str, Any]:
         with self.session() as s:
             row = JobRow(

@@ -234,5 +234,27 @@ def test_migrations_upgrade_an_older_database(tmp_path: Path) -> None:
     key_id, key = store.create_key("t")
     assert store.resolve_key(key) == (key_id, "t")
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     store.dispose()
+
+
+def test_idempotency_key_is_unique_per_tenant_under_concurrency(store: JobStore) -> None:
+    key = uuid.uuid4().hex
+    results: list[dict[str, Any]] = []
+
+    def submit() -> None:
+        results.append(
+            store.create_job(
+                kind="limit", request={"k": key}, fingerprint="same", tenant="idem", idempotency_key=key
+            )
+        )
+
+    threads = [threading.Thread(target=submit) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({r["id"] for r in results}) == 1
+    assert sum(r["created"] for r in results) == 1
+    other = store.create_job(kind="limit", request={}, fingerprint="f", tenant="idem-2", idempotency_key=key)
+    assert other["created"] and other["id"] != results[0]["id"]
