@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
@@ -76,6 +78,13 @@ JOB_KINDS: tuple[str, ...] = (
 )
 # Kinds that fan out into independent units (see workers.fanout).
 FANOUT_KINDS: frozenset[str] = frozenset({"fcmi-bound"})
+
+
+def request_fingerprint(request: dict[str, object]) -> str:
+    """Content hash of what determines a job's results (not its name or device): the
+    Idempotency-Key check and the fan-out unit cache keys both use it."""
+    core = {k: v for k, v in request.items() if k not in ("name", "device")}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
 def parse_job_request(data: object) -> JobRequest:

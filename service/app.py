@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from contracts import tasks as names
 from contracts.estimate import Estimate, Shape, builtin_shape, estimate
-from contracts.jobs import JOB_KINDS, JobRequest
+from contracts.jobs import JOB_KINDS, JobRequest, request_fingerprint
 from contracts.problems import PROBLEM_MEDIA_TYPE, problem
 from contracts.records import DatasetRecord, JobList, JobRecord, JobState, ResultPage
 from store.artifacts import ArtifactStore, valid_artifact_name
@@ -99,11 +99,6 @@ async def get_tenant(caller: Annotated[Caller, Depends(get_caller)]) -> str:
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 TenantDep = Annotated[str, Depends(get_tenant)]
-
-
-def _fingerprint(request: dict[str, Any]) -> str:
-    core = {k: v for k, v in request.items() if k not in ("name", "device")}
-    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
 def _job_record(job: dict[str, Any]) -> JobRecord:
@@ -372,7 +367,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> JobRecord:
         request = job.model_dump(mode="json")
-        fingerprint = _fingerprint(request)
+        fingerprint = request_fingerprint(request)
         if idempotency_key:
             prior = gw.store.find_by_idempotency_key(idempotency_key, tenant)
             if prior is not None:

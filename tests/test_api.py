@@ -110,12 +110,27 @@ def test_bad_uploads_are_422_and_nothing_is_stored(
     assert not list((environment.data_dir / "tmp").glob("upload-*"))
 
 
+class _TouchOnUnpickle:
+    """Unpickling this creates a file: the proof that a payload was (not) unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return (Path.touch, (self.path,))
+
+
 def test_pickle_payload_is_never_loaded(api: Any, environment: Any, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    evil = pickle.dumps(subprocess.Popen)  # a pickle stream, not an npz
-    r = api.post("/v1/datasets", files={"file": ("evil.npz", evil)})
-    assert r.status_code == 422
-    assert not marker.exists()
+    pickle.loads(pickle.dumps(_TouchOnUnpickle(marker)))  # the payload works when unpickled...
+    assert marker.exists()
+    marker.unlink()
+    raw = pickle.dumps(_TouchOnUnpickle(marker))  # ...as a bare pickle stream
+    in_npz = _npz(x=np.array([_TouchOnUnpickle(marker)] * 3, dtype=object), y=np.array([0, 1, 0]))
+    for name, payload in (("evil.pkl", raw), ("evil.npz", in_npz)):
+        r = api.post("/v1/datasets", files={"file": (name, payload)})
+        _assert_problem(r, 422)
+        assert not marker.exists(), f"{name} was unpickled"
 
 
 def test_oversize_upload_is_413(api: Any, environment: Any) -> None:

@@ -19,13 +19,8 @@ from workers.runners.distill import DistillationRunner, SupervisionComplexityRun
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    # The test machine's 2 cores are shared; one thread avoids oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Two cores, shared: more torch threads than one only fight over them.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _spd(n: int, rank: int, seed: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import ROOT, Environment, WorkerProcess, free_port, start_redis, wait_until
+from .conftest import ROOT, Environment, WorkerProcess, free_port, start_redis, torch_threads, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -96,19 +96,13 @@ def _table(client: httpx.Client, job_id: str) -> pd.DataFrame:
 @pytest.fixture
 def reference(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """The undisturbed result of JOB, computed in-process through the same runner."""
-    import torch
-
     from tests.runner_helpers import make_context
     from workers.execution import per_sample_table
     from workers.runners import get_runner
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the workers run (INFOSCORE_TORCH_THREADS=1): same float32 sums
-    try:
+    with torch_threads(1):  # as the workers run: the same float32 sums
         ctx = make_context(JOB, tmp_path_factory.mktemp("ref"))
         out = get_runner("training-dynamics").run(ctx)
-    finally:
-        torch.set_num_threads(threads)
     return per_sample_table(ctx.dataset, out.scores, builtin=True)
 
 

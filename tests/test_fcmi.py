@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pydantic
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import mutual_info_score
@@ -28,13 +27,8 @@ GAUSSIANS = {"builtin": "gaussians", "n": 400, "dim": 10, "classes": 2, "label_n
 RESULT_KEYS = {"n", "gap_mean", "gap_std", "bound_mean", "bound_std", "train_acc", "test_acc", "units"}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> typing.Iterator[None]:
-    # The models here are tiny: extra threads only fight over shared cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Two cores, shared: more torch threads than one only fight over them.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _request(params: dict[str, Any], model: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:

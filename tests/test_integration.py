@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from .conftest import Environment, WorkerProcess, wait_for_state, wait_until
+from .conftest import Environment, WorkerProcess, torch_threads, wait_for_state, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -182,8 +182,6 @@ def test_killing_one_of_two_workers_during_a_fanout_job(
 ) -> None:
     """One worker process is SIGKILLed mid-job; the other finishes the job (the reaper
     re-sends the lost unit) with the same numbers as an undisturbed serial run."""
-    import torch
-
     from tests.runner_helpers import make_context
     from workers.runners import get_runner
 
@@ -193,14 +191,10 @@ def test_killing_one_of_two_workers_during_a_fanout_job(
         "model": {"arch": "mlp", "hidden": [32]},
         "params": {"n": [20, 40], "k1": 1, "k2": 12, "epochs": 60, "batch_size": 8},
     }
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the workers (INFOSCORE_TORCH_THREADS=1)
-    try:
+    with torch_threads(1):  # as the workers run: the same float32 sums
         ctx = make_context(request, tmp_path / "ref")
         runner = get_runner("fcmi-bound")
         reference = runner.reduce(ctx, {u.name: runner.run_unit(ctx, u) for u in runner.plan(ctx)})
-    finally:
-        torch.set_num_threads(threads)
 
     doomed = WorkerProcess(environment, tmp_path / "doomed.log").start()
     survivor = WorkerProcess(environment, tmp_path / "survivor.log").start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args
 
@@ -23,13 +22,8 @@ from workers.runners.limit import LimitRunner
 TOL = {torch.float32: 5e-3, torch.float64: 1e-10}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # The CI box has 2 shared cores; two threads per process thrash under load (~50x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Two cores, shared: more torch threads than one only fight over them.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- Fano

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -18,14 +16,8 @@ from infoscore.linearized import (
     sum_form,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Cores are shared: small float64 ops with 2 threads spin and run ~50x slower under load.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Two cores, shared: more torch threads than one only fight over them.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _problem(n_rows: int = 30, p: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

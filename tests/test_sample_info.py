@@ -3,7 +3,6 @@ zero-init contract (numpy ridge refits), mislabel detection and parameter errors
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +26,8 @@ from infoscore.sample_info import (
 from tests.runner_helpers import make_context
 from workers.runners.sample_information import SampleInformationRunner
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Cores are shared: small float64 ops with 2 threads spin and run ~50x slower under load.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Two cores, shared: more torch threads than one only fight over them.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 RTOL = 1e-8  # float64 exact identities vs refits (observed ~1e-12)

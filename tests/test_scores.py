@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +35,8 @@ from workers.runners import get_runner
 TOL = {torch.float32: 5e-3, torch.float64: 1e-10}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared with other test processes: oversubscribed threads only slow down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Two cores, shared: more torch threads than one only fight over them.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 DEFAULT_REQUEST = {

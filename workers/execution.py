@@ -12,12 +12,10 @@ files only.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import os
-import shutil
 import socket
 import tempfile
 import threading
@@ -43,12 +41,6 @@ SendTask = Callable[..., Any]
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def request_fingerprint(request: dict[str, Any]) -> str:
-    """Content hash of what determines a job's results (not its name or device)."""
-    core = {k: v for k, v in request.items() if k not in ("name", "device")}
-    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
 class Heartbeat:
@@ -404,7 +396,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def remove_job_artifacts(artifacts: ArtifactStore, job_id: str) -> None:
-    shutil.rmtree(artifacts.job_dir(job_id), ignore_errors=True)
