@@ -72,6 +72,14 @@ class DatasetRow(Base):
     input_shape: Mapped[str] = mapped_column(Text)  # JSON list
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # JSON object: descriptive fields without a column of their own (feature/class names,
+    # class counts, warnings, preprocessing, lineage). Merged into the record on the way out.
+    meta: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+DATASET_COLUMNS = frozenset(
+    {"id", "sha256", "format", "filename", "n_train", "n_test", "n_classes", "input_shape", "size_bytes"}
+)
 
 
 class JobRow(Base):
@@ -226,8 +234,12 @@ class JobStore:
         with self.session() as s:
             row = s.get(DatasetRow, (record["id"], tenant))
             if row is None:
+                columns = {key: value for key, value in record.items() if key in DATASET_COLUMNS}
+                meta = {key: value for key, value in record.items() if key not in DATASET_COLUMNS}
                 row = DatasetRow(
-                    **{**record, "input_shape": json.dumps(list(record["input_shape"]))}, tenant=tenant
+                    **{**columns, "input_shape": json.dumps(list(record["input_shape"]))},
+                    meta=json.dumps(meta) if meta else None,
+                    tenant=tenant,
                 )
                 s.add(row)
                 s.flush()
@@ -650,7 +662,9 @@ class JobStore:
 
 
 def _dataset_dict(row: DatasetRow) -> dict[str, Any]:
+    meta: dict[str, Any] = {} if row.meta is None else json.loads(row.meta)
     return {
+        **meta,
         "id": row.id,
         "tenant": row.tenant,
         "sha256": row.sha256,

@@ -165,6 +165,30 @@ def test_datasets_dedupe_by_content_id(store: JobStore) -> None:
     second = store.add_dataset({**rec, "filename": "b.npz"})
     assert first["filename"] == second["filename"] == "a.npz"
     assert store.get_dataset(rec["id"])["input_shape"] == [4]  # type: ignore[index]
+
+
+def test_dataset_meta_fields_round_trip(store: JobStore) -> None:
+    rec: dict[str, Any] = {
+        "id": "ds_" + uuid.uuid4().hex,
+        "sha256": "e" * 64,
+        "format": "csv",
+        "filename": "m.csv",
+        "n_train": 5,
+        "n_test": 0,
+        "n_classes": 2,
+        "input_shape": [3],
+        "size_bytes": 99,
+        "class_names": ["cat", "dog"],
+        "lineage": {"source_dataset": "ds_x", "job": "job_y"},
+    }
+    store.add_dataset(rec)
+    got = store.get_dataset(rec["id"])
+    assert got is not None
+    assert got["class_names"] == ["cat", "dog"] and got["lineage"] == {
+        "source_dataset": "ds_x",
+        "job": "job_y",
+    }
+    assert got["n_classes"] == 2
     assert store.get_dataset(rec["id"], tenant="other") is None
 
 
@@ -234,7 +258,7 @@ def test_migrations_upgrade_an_older_database(tmp_path: Path) -> None:
     key_id, key = store.create_key("t")
     assert store.resolve_key(key) == (key_id, "t")
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     store.dispose()
 
 

@@ -1,0 +1,27 @@
+"""Datasets carry a JSON ``meta`` document: descriptive fields that do not need their own
+column (feature and class names, class counts, warnings, preprocessing, lineage).
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-30
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("datasets") as batch:
+        batch.add_column(sa.Column("meta", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("datasets") as batch:
+        batch.drop_column("meta")
