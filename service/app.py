@@ -28,7 +28,7 @@ from contracts.jobs import JOB_KINDS, JobRequest, request_fingerprint
 from contracts.problems import PROBLEM_MEDIA_TYPE, problem
 from contracts.records import DatasetRecord, JobList, JobRecord, JobState, ResultPage
 from store.artifacts import ArtifactStore, valid_artifact_name
-from store.db import JobStore
+from store.db import ActiveJobLimit, JobStore
 from store.settings import ServiceSettings
 
 from . import metrics
@@ -99,6 +99,35 @@ async def get_tenant(caller: Annotated[Caller, Depends(get_caller)]) -> str:
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+BROKER_UNAVAILABLE = "https://infoscore.dev/problems/broker-unavailable"
+
+
+def _enqueue(gw: Gateway, job_id: str) -> None:
+    """Send a recorded job to the broker. When that fails the job is recorded as failed
+    with a ``broker-unavailable`` error, and a retry with the same Idempotency-Key
+    re-queues it (see :meth:`JobStore.requeue_unsent`)."""
+    try:
+        gw.send(job_id)
+    except Exception as exc:
+        gw.store.finish(
+            job_id,
+            "failed",
+            error={
+                "type": BROKER_UNAVAILABLE,
+                "title": "Service Unavailable",
+                "status": 503,
+                "detail": f"The job could not be queued: broker unreachable ({type(exc).__name__}).",
+            },
+        )
+        raise ProblemError(
+            503,
+            "The broker is unreachable, so the job was not queued (recorded as failed); retry later "
+            "with the same Idempotency-Key to queue this job again.",
+            type_="broker-unavailable",
+            headers={"Retry-After": "5"},
+        ) from exc
 
 
 def _job_record(job: dict[str, Any]) -> JobRecord:
@@ -379,26 +408,32 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                         type_="idempotency-conflict",
                     )
                 response.headers["Location"] = f"/v1/jobs/{prior['id']}"
+                if gw.store.requeue_unsent(prior["id"], BROKER_UNAVAILABLE):
+                    # The first attempt was answered 503 "retry later": this is that retry.
+                    _enqueue(gw, prior["id"])
+                    metrics.JOBS_SUBMITTED.labels(kind=job.kind).inc()
+                    prior = gw.store.get_job(prior["id"]) or prior
                 return _job_record(prior)
         _check_limits(gw, _estimate(gw, job, tenant))
-        active = gw.store.count_active(tenant)
-        if active >= gw.settings.max_active_jobs:
+        try:
+            row = gw.store.create_job(
+                kind=job.kind,
+                request=request,
+                fingerprint=fingerprint,
+                tenant=tenant,
+                name=job.name,
+                idempotency_key=idempotency_key,
+                max_active=gw.settings.max_active_jobs,
+            )
+        except ActiveJobLimit as exc:
             raise ProblemError(
                 429,
-                f"This tenant has {active} queued or running jobs, the limit is "
-                f"{gw.settings.max_active_jobs} (INFOSCORE_MAX_ACTIVE_JOBS); wait for some to finish.",
+                f"This tenant has {exc.active} queued or running jobs, the limit is "
+                f"{exc.limit} (INFOSCORE_MAX_ACTIVE_JOBS); wait for some to finish.",
                 type_="too-many-active-jobs",
                 headers={"Retry-After": "30"},
-                limit=gw.settings.max_active_jobs,
-            )
-        row = gw.store.create_job(
-            kind=job.kind,
-            request=request,
-            fingerprint=fingerprint,
-            tenant=tenant,
-            name=job.name,
-            idempotency_key=idempotency_key,
-        )
+                limit=exc.limit,
+            ) from exc
         if not row["created"]:  # a concurrent request with the same Idempotency-Key won
             if row["fingerprint"] != fingerprint:
                 raise ProblemError(
@@ -408,25 +443,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 )
             response.headers["Location"] = f"/v1/jobs/{row['id']}"
             return _job_record(row)
-        try:
-            gw.send(row["id"])
-        except Exception as exc:
-            gw.store.finish(
-                row["id"],
-                "failed",
-                error={
-                    "type": "https://infoscore.dev/problems/broker-unavailable",
-                    "title": "Service Unavailable",
-                    "status": 503,
-                    "detail": f"The job could not be queued: broker unreachable ({type(exc).__name__}).",
-                },
-            )
-            raise ProblemError(
-                503,
-                "The broker is unreachable, so the job was not queued (recorded as failed); retry later.",
-                type_="broker-unavailable",
-                headers={"Retry-After": "5"},
-            ) from exc
+        _enqueue(gw, row["id"])
         metrics.JOBS_SUBMITTED.labels(kind=job.kind).inc()
         response.headers["Location"] = f"/v1/jobs/{row['id']}"
         return _job_record(row)

@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -40,6 +41,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 DEFAULT_TENANT = "default"
 ACTIVE_STATES = ("queued", "running")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+class ActiveJobLimit(Exception):
+    """The tenant already has ``active`` queued or running jobs, at the ``limit``."""
+
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(f"{active} active jobs, the limit is {limit}")
+        self.active = active
+        self.limit = limit
 
 
 def utcnow() -> datetime:
@@ -307,12 +317,17 @@ class JobStore:
         tenant: str = DEFAULT_TENANT,
         name: str | None = None,
         idempotency_key: str | None = None,
+        max_active: int | None = None,
     ) -> dict[str, Any]:
         """Insert a queued job. With an ``idempotency_key`` already used by this tenant,
-        returns that job instead (the unique index settles concurrent requests)."""
+        returns that job instead (the unique index settles concurrent requests).
+
+        With ``max_active``, the tenant's count of queued and running jobs is checked in
+        the same transaction as the insert, so concurrent submissions cannot overshoot it:
+        raises :class:`ActiveJobLimit` when the new job would exceed the limit."""
         try:
             return {
-                **self._insert_job(kind, request, fingerprint, tenant, name, idempotency_key),
+                **self._insert_job(kind, request, fingerprint, tenant, name, idempotency_key, max_active),
                 "created": True,
             }
         except IntegrityError:
@@ -331,8 +346,13 @@ class JobStore:
         tenant: str,
         name: str | None,
         idempotency_key: str | None,
+        max_active: int | None = None,
     ) -> dict[str, Any]:
         with self.session() as s:
+            if max_active is not None and s.get_bind().dialect.name == "postgresql":
+                # READ COMMITTED would let two transactions each count the other's row as
+                # absent: serialize a tenant's submissions on a transaction-scoped lock.
+                s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:t, 0))"), {"t": tenant})
             row = JobRow(
                 id=new_job_id(),
                 tenant=tenant,
@@ -346,6 +366,12 @@ class JobStore:
             )
             s.add(row)
             s.flush()
+            if max_active is not None:
+                # On SQLite the flushed insert holds the database's write lock until commit,
+                # so this count sees every other committed submission and none can slip in.
+                active = self._count_active(s, tenant)
+                if active > max_active:
+                    raise ActiveJobLimit(active - 1, max_active)
             return _job_dict(row)
 
     def find_by_idempotency_key(self, key: str, tenant: str = DEFAULT_TENANT) -> dict[str, Any] | None:
@@ -391,14 +417,18 @@ class JobStore:
 
     def count_active(self, tenant: str) -> int:
         with self.session() as s:
-            return int(
-                s.scalar(
-                    select(func.count())
-                    .select_from(JobRow)
-                    .where(JobRow.tenant == tenant, JobRow.state.in_(ACTIVE_STATES))
-                )
-                or 0
+            return self._count_active(s, tenant)
+
+    @staticmethod
+    def _count_active(s: Session, tenant: str) -> int:
+        return int(
+            s.scalar(
+                select(func.count())
+                .select_from(JobRow)
+                .where(JobRow.tenant == tenant, JobRow.state.in_(ACTIVE_STATES))
             )
+            or 0
+        )
 
     def claim_job(self, job_id: str, worker: str, *, stale_after: float) -> bool:
         """Take a queued job, or a running one whose heartbeat stopped. True if we own it."""
@@ -475,6 +505,22 @@ class JobStore:
             where += [JobRow.state == "running", JobRow.worker == worker]
         with self.session() as s:
             res = s.execute(update(JobRow).where(*where).values(**values))
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def requeue_unsent(self, job_id: str, error_type: str) -> bool:
+        """A job recorded as failed because it could never be queued (its ``error.type``
+        is ``error_type``) goes back to ``queued`` for another send. True if it did."""
+        with self.session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None or row.state != "failed" or row.started_at is not None or row.error is None:
+                return False
+            if json.loads(row.error).get("type") != error_type:
+                return False
+            res = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state == "failed", JobRow.started_at.is_(None))
+                .values(state="queued", error=None, finished_at=None)
+            )
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
     def request_cancel(self, job_id: str) -> str | None:

@@ -282,3 +282,33 @@ def test_idempotency_key_is_unique_per_tenant_under_concurrency(store: JobStore)
     assert sum(r["created"] for r in results) == 1
     other = store.create_job(kind="limit", request={}, fingerprint="f", tenant="idem-2", idempotency_key=key)
     assert other["created"] and other["id"] != results[0]["id"]
+
+
+def test_active_job_limit_holds_under_concurrent_submissions(store: JobStore) -> None:
+    """Count and insert in one transaction: 60 racing submissions against a limit of 5
+    leave exactly 5 active jobs (count-then-insert let 17 through)."""
+    from store.db import ActiveJobLimit
+
+    tenant = "quota-" + uuid.uuid4().hex[:8]
+    created: list[str] = []
+    refused: list[int] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        try:
+            row = _job(store, tenant=tenant, max_active=5)
+        except ActiveJobLimit as exc:
+            with lock:
+                refused.append(exc.active)
+        else:
+            with lock:
+                created.append(row["id"])
+
+    threads = [threading.Thread(target=submit) for _ in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(created) == 5 and len(refused) == 55
+    assert store.count_active(tenant) == 5
+    assert all(active >= 5 for active in refused)
