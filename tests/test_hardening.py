@@ -1,10 +1,19 @@
-"""Hardening of the gateway against real redis and SQLite: retries after a broker outage."""
+"""Hardening against real processes: quotas, retries after a broker outage, a supervisor
+that heals, a broker that wants a password, no stale temp files."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+
+from .conftest import free_port, wait_until
 
 TD = {
     "kind": "training-dynamics",
@@ -44,3 +53,71 @@ def test_idempotent_retry_after_broker_outage_requeues_the_job(
     # A second retry finds it queued: nothing is sent twice.
     again = api.post("/v1/jobs", json=TD, headers=headers)
     assert again.status_code == 202 and again.json()["state"] == "queued" and sent == [failed["id"]]
+
+
+@pytest.mark.integration
+def test_up_heals_a_killed_api_and_cleans_stale_temp_files(tmp_path: Path) -> None:
+    from .test_e2e import Up, _children_of
+
+    data_dir = tmp_path / "data"
+    (data_dir / "tmp").mkdir(parents=True)
+    stale = data_dir / "tmp" / "upload-left-by-a-killed-api"
+    stale.write_bytes(b"x" * 1000)
+    (data_dir / "jobs" / "job_x").mkdir(parents=True)
+    half_written = data_dir / "jobs" / "job_x" / ".scores.csv.abc.tmp"
+    half_written.write_bytes(b"partial")
+    up = Up(data_dir, free_port()).start()
+    try:
+        assert not stale.exists() and not half_written.exists()
+        assert oct(data_dir.stat().st_mode & 0o777) == "0o700"
+        client = httpx.Client(base_url=up.url, timeout=30)
+        job = client.post("/v1/jobs", json=TD).json()
+
+        # The broker wants the generated password: a local process without it gets nothing.
+        conf = (data_dir / "broker" / "valkey.conf").read_text()
+        assert (
+            conf.startswith("requirepass ")
+            and oct((data_dir / "broker" / "valkey.conf").stat().st_mode)[-3:] == "600"
+        )
+        port = int(up.banner.split("broker on 127.0.0.1:")[1].split(";")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"LLEN jobs\r\n")
+            assert s.recv(128).startswith(b"-NOAUTH")
+
+        assert up.proc is not None
+        api_pid = _api_pid(up)
+        assert api_pid is not None
+        os.kill(api_pid, signal.SIGKILL)
+        wait_until(lambda: _api_pid(up) not in (None, api_pid), 30, what="a new API process")
+        wait_until(lambda: _get_ok(up.url + "/healthz"), 60, what="the restarted API")
+        assert up.proc.poll() is None  # the supervisor kept the broker and worker running
+        assert len(_children_of(up.proc.pid)) == 3
+        done = wait_until(
+            lambda: (
+                (j := httpx.get(f"{up.url}/v1/jobs/{job['id']}").json())["state"] in ("succeeded", "failed")
+                and j
+            ),
+            240,
+            what="job",
+        )
+        assert done["state"] == "succeeded", done["error"]
+    finally:
+        out = up.stop()
+    assert "the api exited (-9); restarting" in out
+
+
+def _api_pid(up: Any) -> int | None:
+    from .test_e2e import _children_of
+
+    for pid in _children_of(up.proc.pid):
+        with contextlib.suppress(OSError):
+            if b"service.cli\0api" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+    return None
+
+
+def _get_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
