@@ -27,7 +27,7 @@ from contracts.estimate import Estimate, Shape, builtin_shape, estimate
 from contracts.jobs import JOB_KINDS, JobRequest, request_fingerprint
 from contracts.problems import PROBLEM_MEDIA_TYPE, problem
 from contracts.records import DatasetRecord, JobList, JobRecord, JobState, ResultPage
-from store.artifacts import ArtifactStore, valid_artifact_name
+from store.artifacts import ArtifactStore, regular_file, valid_artifact_name
 from store.db import ActiveJobLimit, JobStore
 from store.settings import ServiceSettings
 
@@ -585,7 +585,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 type_="bad-artifact-name",
             )
         path = gw.artifacts.artifact_path(job_id, name)
-        if not path.is_file():
+        if not regular_file(path):
             raise ProblemError(
                 404,
                 f"Job {job_id} has no artifact {name!r}; GET /v1/jobs/{job_id}/artifacts lists them.",

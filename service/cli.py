@@ -280,6 +280,9 @@ def keys_revoke(key_id: str, data_dir: DataDirOpt = None) -> None:
 
 
 def main() -> None:
+    # Uploaded datasets, artifacts and the SQLite file hold users' data: owner-only by
+    # default (0600 files, 0700 folders), whichever process creates them.
+    os.umask(0o077)
     app()
 
 

@@ -19,13 +19,14 @@ import re
 import tempfile
 from pathlib import Path
 
-ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # whole name: fullmatch
 JOB_ID = re.compile(r"^job_[0-9a-f]{24}$")
 UNIT_KEY = re.compile(r"^[0-9a-f]{16,64}$")
 
 
 def valid_artifact_name(name: str) -> bool:
-    return bool(ARTIFACT_NAME.match(name)) and ".." not in name
+    # fullmatch, not match with "$": "$" also matches before a trailing newline.
+    return bool(ARTIFACT_NAME.fullmatch(name)) and ".." not in name
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -55,7 +56,7 @@ class ArtifactStore:
         return self.root / "datasets" / f"{dataset_id}.npz"
 
     def job_dir(self, job_id: str) -> Path:
-        if not JOB_ID.match(job_id):
+        if not JOB_ID.fullmatch(job_id):
             raise ValueError(f"bad job id {job_id!r}")
         return self.root / "jobs" / job_id
 
@@ -65,7 +66,7 @@ class ArtifactStore:
         return self.job_dir(job_id) / name
 
     def unit_path(self, key: str) -> Path:
-        if not UNIT_KEY.match(key):
+        if not UNIT_KEY.fullmatch(key):
             raise ValueError(f"bad unit key {key!r}")
         return self.root / "cache" / "units" / f"{key}.npz"
 
@@ -83,4 +84,9 @@ class ArtifactStore:
         d = self.job_dir(job_id)
         if not d.is_dir():
             return []
-        return sorted(p.name for p in d.iterdir() if p.is_file() and valid_artifact_name(p.name))
+        return sorted(p.name for p in d.iterdir() if regular_file(p) and valid_artifact_name(p.name))
+
+
+def regular_file(path: Path) -> bool:
+    """A plain file, not a symlink: a link planted in a job folder is never listed or served."""
+    return path.is_file() and not path.is_symlink()

@@ -4,6 +4,7 @@ that heals, a broker that wants a password, no stale temp files."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from .conftest import free_port, wait_until
@@ -72,6 +74,11 @@ def test_up_heals_a_killed_api_and_cleans_stale_temp_files(tmp_path: Path) -> No
         assert oct(data_dir.stat().st_mode & 0o777) == "0o700"
         client = httpx.Client(base_url=up.url, timeout=30)
         job = client.post("/v1/jobs", json=TD).json()
+        buf = io.BytesIO()
+        np.savez(buf, x=np.zeros((6, 2)), y=np.array([0, 1] * 3))
+        assert client.post("/v1/datasets", files={"file": ("m.npz", buf.getvalue())}).status_code == 201
+        private = [*data_dir.glob("datasets/*.npz"), *data_dir.glob("*.db")]
+        assert len(private) == 2 and all(p.stat().st_mode & 0o077 == 0 for p in private), private
 
         # The broker wants the generated password: a local process without it gets nothing.
         conf = (data_dir / "broker" / "valkey.conf").read_text()
@@ -121,3 +128,19 @@ def _get_ok(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_artifact_names_and_symlinks(api: Any, environment: Any) -> None:
+    from store.artifacts import valid_artifact_name
+
+    assert valid_artifact_name("scores.csv")
+    assert not valid_artifact_name("scores.csv\n") and not valid_artifact_name("../x")
+    job = api.post("/v1/jobs", json=TD).json()
+    folder = environment.data_dir / "jobs" / job["id"]
+    folder.mkdir(parents=True)
+    (folder / "plot.png").write_bytes(b"png")
+    (folder / "secret.txt").symlink_to("/etc/passwd")
+    listed = api.get(f"/v1/jobs/{job['id']}/artifacts").json()
+    assert [a["name"] for a in listed["artifacts"]] == ["plot.png"]
+    assert api.get(f"/v1/jobs/{job['id']}/artifacts/secret.txt").status_code == 404
+    assert api.get(f"/v1/jobs/{job['id']}/artifacts/plot.png").content == b"png"
