@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -21,6 +23,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, Depends, FastAPI, File, Header, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from contracts import tasks as names
 from contracts.estimate import Estimate, Shape, builtin_shape, estimate
@@ -33,7 +36,8 @@ from store.settings import ServiceSettings
 
 from . import metrics
 from .auth import Caller, KeyResolver, RateLimiter, authenticate
-from .errors import BodyLimitMiddleware, ProblemError, install_handlers
+from .errors import BodyLimitMiddleware, ProblemError, install_handlers, problem_response
+from .supervisor import is_loopback
 
 log = logging.getLogger("infoscore.api")
 
@@ -60,6 +64,9 @@ class Gateway:
         self.artifacts = ArtifactStore(settings.data_dir)
         self.keys = KeyResolver(self.store)
         self.rate_limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+        self.auth_failures = RateLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
+        self._ready_lock = threading.Lock()
+        self._ready: tuple[float, dict[str, str]] = (0.0, {})
         self.celery = Celery("infoscore-gateway", broker=settings.broker_url)
         self.celery.conf.update(
             task_serializer="json",
@@ -87,7 +94,7 @@ async def get_gateway(request: Request) -> Gateway:
 
 async def get_caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
     gw: Gateway = request.app.state.gateway
-    caller = authenticate(authorization, auth=gw.settings.auth, resolver=gw.keys)
+    caller = _authenticate_or_throttle(gw, authorization, request.client.host if request.client else "?")
     if caller.key_id is not None:
         gw.rate_limiter.check(caller.key_id)
     return caller
@@ -95,6 +102,19 @@ async def get_caller(request: Request, authorization: Annotated[str | None, Head
 
 async def get_tenant(caller: Annotated[Caller, Depends(get_caller)]) -> str:
     return caller.tenant
+
+
+def _authenticate_or_throttle(gw: Gateway, authorization: str | None, client: str) -> Caller:
+    """Authenticate; a client that keeps sending invalid keys is slowed to
+    INFOSCORE_AUTH_FAILURE_RATE per second (429) instead of costing a lookup each."""
+    try:
+        return authenticate(authorization, auth=gw.settings.auth, resolver=gw.keys)
+    except ProblemError as exc:
+        if exc.type_ == "invalid-api-key":
+            gw.auth_failures.check(
+                client, what="per client address for invalid API keys", setting="INFOSCORE_AUTH_FAILURE_RATE"
+            )
+        raise
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
@@ -128,6 +148,37 @@ def _enqueue(gw: Gateway, job_id: str) -> None:
             type_="broker-unavailable",
             headers={"Retry-After": "5"},
         ) from exc
+
+
+READY_CACHE_SECONDS = 1.0
+
+
+def _readiness(gw: Gateway) -> dict[str, str]:
+    """Database and broker checks, at most one at a time and reused for a second: with the
+    broker down a check takes up to its timeout, and pollers must not each hold a thread
+    for it (they get the last answer while one check runs)."""
+    checked_at, checks = gw._ready
+    if checks and time.monotonic() - checked_at < READY_CACHE_SECONDS:
+        return checks
+    if not gw._ready_lock.acquire(blocking=not checks):
+        return checks
+    try:
+        checks = {}
+        try:
+            gw.store.ping()
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        try:
+            with gw.celery.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=1)
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"unreachable: {type(exc).__name__}"
+        gw._ready = (time.monotonic(), checks)
+        return checks
+    finally:
+        gw._ready_lock.release()
 
 
 def _job_record(job: dict[str, Any]) -> JobRecord:
@@ -261,6 +312,11 @@ def _get_job_or_404(gw: Gateway, job_id: str, tenant: str) -> dict[str, Any]:
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
+    if settings.auth != "required" and not is_loopback(settings.host):
+        # The same guard as the CLI's, for an app built directly (e.g. by another server).
+        raise ValueError(
+            f"refusing to serve {settings.host} without API keys: set INFOSCORE_AUTH=required or bind 127.0.0.1"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -278,9 +334,42 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.gateway = Gateway(settings)
     install_handlers(app)
+
+    async def auth_gate(scope: Any) -> JSONResponse | None:
+        headers = dict(scope.get("headers", []))
+        raw = headers.get(b"authorization")
+        client = scope.get("client") or ("?", 0)
+        try:
+            await run_in_threadpool(
+                _authenticate_or_throttle,
+                app.state.gateway,
+                None if raw is None else raw.decode("latin-1"),
+                client[0],
+            )
+        except ProblemError as exc:
+            return problem_response(
+                exc.status,
+                exc.detail,
+                instance=scope["path"],
+                headers=exc.headers,
+                type_=exc.type_,
+                **exc.extra,
+            )
+        return None
+
     app.add_middleware(
-        BodyLimitMiddleware, upload_limit=settings.max_upload_bytes, json_limit=settings.max_request_bytes
+        BodyLimitMiddleware,
+        upload_limit=settings.max_upload_bytes,
+        json_limit=settings.max_request_bytes,
+        auth_gate=auth_gate if settings.auth == "required" else None,
     )
+    hosts = settings.allowed_hosts
+    if hosts is None:
+        hosts = ["*"] if settings.auth == "required" else ["127.0.0.1", "localhost", "::1", "[::1]"]
+    if hosts != ["*"]:
+        # Without keys the API trusts whoever reaches it on loopback; refusing foreign Host
+        # headers keeps a web page's DNS-rebinding trick from reaching it through a browser.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     app.add_middleware(metrics.MetricsMiddleware)
 
     # ------------------------------------------------------------- health
@@ -290,18 +379,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     def readyz(gw: GatewayDep) -> JSONResponse:
-        checks: dict[str, str] = {}
-        try:
-            gw.store.ping()
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"unreachable: {type(exc).__name__}"
-        try:
-            with gw.celery.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=2)
-            checks["broker"] = "ok"
-        except Exception as exc:
-            checks["broker"] = f"unreachable: {type(exc).__name__}"
+        checks = _readiness(gw)
         if all(v == "ok" for v in checks.values()):
             return JSONResponse({"status": "ready", "checks": checks})
         bad = ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
@@ -309,7 +387,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return JSONResponse(body, status_code=503, media_type=PROBLEM_MEDIA_TYPE)
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
-    def prometheus() -> Response:
+    def prometheus(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
+        gw: Gateway = request.app.state.gateway
+        if not gw.settings.metrics_public:
+            _authenticate_or_throttle(gw, authorization, request.client.host if request.client else "?")
         return metrics.render()
 
     # ----------------------------------------------------------- datasets

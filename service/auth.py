@@ -8,10 +8,13 @@ only) everything belongs to the tenant ``default``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from store.db import DEFAULT_TENANT, JobStore
 
@@ -26,25 +29,48 @@ class Caller:
     key_id: str | None
 
 
+MAX_KEY_LENGTH = 512  # keys we issue are ~60 characters; anything far longer is not one
+VALID_CACHE_SIZE = 10_000
+INVALID_CACHE_SIZE = 1_000
+
+
 class KeyResolver:
-    """Resolves bearer keys with a short cache (one DB read per key per few seconds)."""
+    """Resolves bearer keys with a short cache (one DB read per key per few seconds).
+
+    Entries are keyed by the token's SHA-256 (memory per entry is fixed, whatever the
+    token's length), valid and invalid tokens in separate LRUs, so a flood of made-up
+    tokens can neither grow memory nor evict the keys of real callers."""
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
-        self._cache: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._valid: OrderedDict[bytes, tuple[float, tuple[str, str]]] = OrderedDict()
+        self._invalid: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
 
     def resolve(self, key: str) -> tuple[str, str] | None:
+        if len(key) > MAX_KEY_LENGTH:
+            return None
+        digest = hashlib.sha256(key.encode()).digest()
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(key)
+            hit = self._valid.get(digest)
             if hit is not None and now - hit[0] < KEY_CACHE_SECONDS:
+                self._valid.move_to_end(digest)
                 return hit[1]
+            miss = self._invalid.get(digest)
+            if miss is not None and now - miss < KEY_CACHE_SECONDS:
+                return None
         value = self.store.resolve_key(key)
         with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (now, value)
+            cache: OrderedDict[bytes, Any] = self._valid if value is not None else self._invalid
+            cache[digest] = (now, value) if value is not None else now
+            cache.move_to_end(digest)
+            while len(cache) > (VALID_CACHE_SIZE if value is not None else INVALID_CACHE_SIZE):
+                cache.popitem(last=False)
+            if value is not None:
+                self._invalid.pop(digest, None)
+            else:
+                self._valid.pop(digest, None)
         return value
 
 
@@ -86,7 +112,7 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def check(self, key: str) -> None:
+    def check(self, key: str, *, what: str = "per API key", setting: str = "INFOSCORE_RATE_LIMIT") -> None:
         if self.rate <= 0:
             return
         now = time.monotonic()
@@ -98,10 +124,13 @@ class RateLimiter:
                 self._buckets[key] = (tokens, now)
                 raise ProblemError(
                     429,
-                    f"Request rate over the limit of {self.rate:g} per second per API key "
-                    f"(bursts of {self.burst}; INFOSCORE_RATE_LIMIT). Retry after {wait} s.",
+                    f"Request rate over the limit of {self.rate:g} per second {what} "
+                    f"(bursts of {self.burst}; {setting}). Retry after {wait} s.",
                     type_="rate-limited",
                     headers={"Retry-After": str(wait)},
                     limit=self.rate,
                 )
             self._buckets[key] = (tokens - 1.0, now)
+            if len(self._buckets) > 100_000:  # forget the idlest buckets, never grow unbounded
+                for stale in sorted(self._buckets, key=lambda k: self._buckets[k][1])[:50_000]:
+                    del self._buckets[stale]

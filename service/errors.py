@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -103,6 +104,10 @@ def install_handlers(app: FastAPI) -> None:
             limit=exc.limit,
         )
 
+    @app.exception_handler(BodyTooSlow)
+    async def _too_slow(request: Request, exc: BodyTooSlow) -> JSONResponse:
+        return _too_slow_response(exc.min_rate, request.url.path)
+
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         return problem_response(
@@ -113,14 +118,39 @@ def install_handlers(app: FastAPI) -> None:
         )
 
 
-class BodyLimitMiddleware:
-    """Answer 413 problem+json past a size limit: at once from Content-Length, or when a
-    streamed body crosses the limit (counted as it is received)."""
+AuthGate = Callable[[Scope], Awaitable["JSONResponse | None"]]
 
-    def __init__(self, app: ASGIApp, *, upload_limit: int, json_limit: int) -> None:
+
+class BodyLimitMiddleware:
+    """Guards request bodies before any route reads them.
+
+    - ``auth_gate`` (with API keys required) checks the key of a request that carries a
+      body before a byte of it is read: an unauthenticated 50 MB upload is refused at its
+      headers, not after it was spooled to disk.
+    - 413 problem+json past a size limit: at once from Content-Length, or when a streamed
+      body crosses the limit. JSON bodies (small by limit) are read whole here, so a
+      chunked body over the limit is a 413 too, not a parse error.
+    - 408 when a body trickles: after ``min_rate_grace`` seconds it must have arrived at
+      ``min_rate`` bytes/s on average (a one-byte-per-second body would hold a worker
+      thread for as long as the client likes).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        upload_limit: int,
+        json_limit: int,
+        auth_gate: AuthGate | None = None,
+        min_rate: float = 1024.0,
+        min_rate_grace: float = 10.0,
+    ) -> None:
         self.app = app
         self.upload_limit = upload_limit
         self.json_limit = json_limit
+        self.auth_gate = auth_gate
+        self.min_rate = min_rate
+        self.min_rate_grace = min_rate_grace
 
     def _limit_for(self, scope: Scope) -> tuple[int, str]:
         if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/datasets":
@@ -131,6 +161,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        if self.auth_gate is not None and scope["path"].startswith("/v1/"):
+            refused = await self.auth_gate(scope)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
         limit, what = self._limit_for(scope)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
@@ -149,6 +184,7 @@ class BodyLimitMiddleware:
                     await response(scope, receive, send)
                     return
         received = 0
+        started = time.monotonic()
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -157,6 +193,67 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge(limit, what)
+                elapsed = time.monotonic() - started
+                if (
+                    elapsed > self.min_rate_grace
+                    and received < self.min_rate * elapsed
+                    and message.get("more_body", False)
+                ):
+                    raise BodyTooSlow(self.min_rate)
             return message
 
-        await self.app(scope, counting_receive, send)
+        if what == "uploads":
+            await self.app(scope, counting_receive, send)
+            return
+        # A JSON body: read it whole (bounded by the limit) before the route sees it.
+        chunks: list[bytes] = []
+        try:
+            while True:
+                message = await counting_receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except BodyTooLarge:
+            response = problem_response(
+                413,
+                f"The request body is larger than the limit of {limit} bytes for {what} "
+                "(INFOSCORE_MAX_REQUEST_BYTES).",
+                instance=scope["path"],
+                type_="body-too-large",
+                limit=limit,
+            )
+            await response(scope, receive, send)
+            return
+        except BodyTooSlow:
+            await _too_slow_response(self.min_rate, scope["path"])(scope, receive, send)
+            return
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class BodyTooSlow(Exception):
+    def __init__(self, min_rate: float) -> None:
+        super().__init__(f"body slower than {min_rate:g} bytes/s")
+        self.min_rate = min_rate
+
+
+def _too_slow_response(min_rate: float, path: str) -> JSONResponse:
+    return problem_response(
+        408,
+        f"The request body arrived slower than {min_rate:g} bytes/s on average; send it again "
+        "on a faster connection.",
+        instance=path,
+        type_="body-too-slow",
+        headers={"Connection": "close"},
+    )

@@ -18,6 +18,11 @@ LATENCY = Histogram(
 JOBS_SUBMITTED = Counter("infoscore_jobs_submitted_total", "Jobs accepted", ["kind"])
 
 
+# The method label takes a known value or "other": a client inventing methods must not
+# grow the label set (and /metrics) without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def render() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -46,5 +51,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            REQUESTS.labels(scope["method"], template, str(status)).inc()
-            LATENCY.labels(scope["method"], template).observe(time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            REQUESTS.labels(method, template, str(status)).inc()
+            LATENCY.labels(method, template).observe(time.perf_counter() - start)

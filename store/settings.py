@@ -56,6 +56,17 @@ class ServiceSettings(CommonSettings):
     max_job_memory_bytes: int = Field(
         default=16 * 1024**3, ge=1, description="refuse jobs whose estimated peak memory is above this"
     )
+    auth_failure_rate: float = Field(
+        default=1.0, ge=0, description="invalid API keys per second per client address (0 = no limit)"
+    )
+    auth_failure_burst: int = Field(default=20, ge=1)
+    metrics_public: bool = Field(
+        default=False, description="serve /metrics without an API key when keys are required"
+    )
+    allowed_hosts: list[str] | None = Field(
+        default=None,
+        description="Host headers the API answers; default: loopback names without API keys, any with them",
+    )
 
 
 class WorkerSettings(CommonSettings):

@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Starlette's TestClient sends "Host: testserver"; the API without keys answers loopback
+# names only (tests/test_hardening.py checks that refusal with the default restored).
+os.environ.setdefault("INFOSCORE_ALLOWED_HOSTS", '["127.0.0.1", "localhost", "testserver"]')
 
 
 def free_port() -> int:

@@ -144,3 +144,102 @@ def test_artifact_names_and_symlinks(api: Any, environment: Any) -> None:
     assert [a["name"] for a in listed["artifacts"]] == ["plot.png"]
     assert api.get(f"/v1/jobs/{job['id']}/artifacts/secret.txt").status_code == 404
     assert api.get(f"/v1/jobs/{job['id']}/artifacts/plot.png").content == b"png"
+
+
+def _app(monkeypatch: pytest.MonkeyPatch, environment: Any, **settings: Any) -> Any:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from store.settings import ServiceSettings
+
+    for key, value in environment.env().items():
+        if key.startswith("INFOSCORE_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("INFOSCORE_ALLOWED_HOSTS", raising=False)
+    return TestClient(create_app(ServiceSettings(**settings)), base_url="http://127.0.0.1")
+
+
+def test_loopback_guard_and_host_header(monkeypatch: pytest.MonkeyPatch, environment: Any) -> None:
+    with pytest.raises(ValueError, match="INFOSCORE_AUTH=required"):
+        _app(monkeypatch, environment, host="0.0.0.0")
+    with _app(monkeypatch, environment) as client:
+        assert client.get("/v1/jobs").status_code == 200
+        assert client.get("/v1/jobs", headers={"Host": "localhost:8000"}).status_code == 200
+        assert client.get("/v1/jobs", headers={"Host": "evil.example"}).status_code == 400
+
+
+def test_keys_checked_before_the_body_and_invalid_keys_throttled(
+    monkeypatch: pytest.MonkeyPatch, environment: Any
+) -> None:
+    with _app(
+        monkeypatch, environment, auth="required", auth_failure_rate=0.01, auth_failure_burst=3
+    ) as client:
+        store = client.app.state.gateway.store
+        _, key = store.create_key("t1")
+        consumed = 0
+
+        def body() -> Any:
+            nonlocal consumed
+            for _ in range(50):
+                consumed += 1
+                yield b"x" * 65536
+
+        r = client.post("/v1/datasets", content=body(), headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 401 and consumed <= 1
+        assert not any((environment.data_dir / "tmp").glob("upload-*"))
+        codes = [
+            client.get("/v1/jobs", headers={"Authorization": f"Bearer isk_{i}.{'x' * 5000}"}).status_code
+            for i in range(6)
+        ]
+        assert codes[:3] == [401, 401, 401] and codes[3:] == [429, 429, 429]
+        keys = client.app.state.gateway.keys
+        assert len(keys._invalid) == 0  # over-long tokens are refused without a lookup or a cache entry
+        assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_oversized_chunked_json_is_413_and_metrics_methods_bounded(api: Any) -> None:
+    def chunks() -> Any:
+        for _ in range(40):
+            yield b" " * 4096
+
+    r = api.post("/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.headers["content-type"].startswith("application/problem+json")
+    ok = api.post("/v1/jobs", json=TD)
+    assert ok.status_code == 202, ok.text  # the buffered body is replayed to the route
+    for i in range(20):
+        api.request(f"BOGUS{i}", "/v1/jobs")
+    text = api.get("/metrics").text
+    assert "BOGUS" not in text and 'method="other"' in text
+
+
+def test_a_trickling_body_is_cut_off_with_408() -> None:
+    import asyncio
+
+    from service.errors import BodyLimitMiddleware
+
+    reached: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append((await receive())["body"])
+
+    sent: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        async def receive() -> dict[str, Any]:
+            await asyncio.sleep(0.05)
+            return {"type": "http.request", "body": b"{", "more_body": True}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        middleware = BodyLimitMiddleware(
+            app, upload_limit=10**6, json_limit=10**6, min_rate=100, min_rate_grace=0.3
+        )
+        scope = {"type": "http", "method": "POST", "path": "/v1/jobs", "headers": []}
+        await asyncio.wait_for(middleware(scope, receive, send), timeout=10)
+
+    asyncio.run(run())
+    assert sent[0]["status"] == 408 and not reached
+    assert b"slower than 100 bytes/s" in sent[1]["body"]
