@@ -150,6 +150,17 @@ def _enqueue(gw: Gateway, job_id: str) -> None:
         ) from exc
 
 
+def _same_request(prior: dict[str, Any], request: dict[str, Any], fingerprint: str) -> bool:
+    """Whether a request repeats the one recorded under its Idempotency-Key: the content
+    fingerprint (which leaves out name and device, so that fan-out units are shared across
+    devices) plus the name and the device."""
+    return (
+        prior["fingerprint"] == fingerprint
+        and prior["request"].get("name") == request.get("name")
+        and prior["request"].get("device") == request.get("device")
+    )
+
+
 READY_CACHE_SECONDS = 1.0
 
 
@@ -481,7 +492,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if idempotency_key:
             prior = gw.store.find_by_idempotency_key(idempotency_key, tenant)
             if prior is not None:
-                if prior["fingerprint"] != fingerprint or prior["request"].get("name") != request.get("name"):
+                if not _same_request(prior, request, fingerprint):
                     raise ProblemError(
                         409,
                         "The Idempotency-Key was already used with a different request body; "
@@ -516,7 +527,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 limit=exc.limit,
             ) from exc
         if not row["created"]:  # a concurrent request with the same Idempotency-Key won
-            if row["fingerprint"] != fingerprint:
+            if not _same_request(row, request, fingerprint):
                 raise ProblemError(
                     409,
                     "The Idempotency-Key was already used with a different request body.",
