@@ -243,3 +243,14 @@ def test_a_trickling_body_is_cut_off_with_408() -> None:
     asyncio.run(run())
     assert sent[0]["status"] == 408 and not reached
     assert b"slower than 100 bytes/s" in sent[1]["body"]
+
+
+def test_idempotency_key_with_another_device_is_a_conflict(api: Any) -> None:
+    headers = {"Idempotency-Key": "device-check"}
+    first = api.post("/v1/jobs", json={**TD, "device": "cpu"}, headers=headers)
+    assert first.status_code == 202, first.text
+    assert (
+        api.post("/v1/jobs", json={**TD, "device": "cpu"}, headers=headers).json()["id"] == first.json()["id"]
+    )
+    other = api.post("/v1/jobs", json={**TD, "device": "cuda"}, headers=headers)
+    assert other.status_code == 409 and other.json()["type"].endswith("idempotency-conflict")
