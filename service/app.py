@@ -31,7 +31,7 @@ from contracts.jobs import JOB_KINDS, JobRequest, request_fingerprint
 from contracts.problems import PROBLEM_MEDIA_TYPE, problem
 from contracts.records import DatasetRecord, JobList, JobRecord, JobState, ResultPage
 from store.artifacts import ArtifactStore, regular_file, valid_artifact_name
-from store.db import ActiveJobLimit, JobStore
+from store.db import TERMINAL_STATES, ActiveJobLimit, JobStore
 from store.settings import ServiceSettings
 
 from . import metrics
@@ -148,6 +148,21 @@ def _enqueue(gw: Gateway, job_id: str) -> None:
             type_="broker-unavailable",
             headers={"Retry-After": "5"},
         ) from exc
+
+
+def _check_storage_quota(gw: Gateway, tenant: str, incoming: int) -> None:
+    stored = gw.store.stored_dataset_bytes(tenant)
+    limit = gw.settings.max_stored_bytes
+    if stored + incoming > limit:
+        raise ProblemError(
+            413,
+            f"This upload ({incoming} bytes) would take the tenant's stored datasets to {stored + incoming} "
+            f"bytes, over the quota of {limit} bytes (INFOSCORE_MAX_STORED_BYTES); "
+            "DELETE /v1/datasets/{id} frees space.",
+            type_="storage-quota",
+            limit=limit,
+            stored_bytes=stored,
+        )
 
 
 def _same_request(prior: dict[str, Any], request: dict[str, Any], fingerprint: str) -> bool:
@@ -440,6 +455,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             if existing is not None and gw.artifacts.dataset_path(dataset_id).exists():
                 response.status_code = 200
                 return DatasetRecord(**existing)
+            _check_storage_quota(gw, tenant, size)
             limits = UploadLimits(max_bytes=gw.settings.max_upload_bytes)
             try:
                 parsed = await run_in_threadpool(parse_upload, tmp_path, file.filename, limits)
@@ -477,6 +493,21 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if record is None:
             raise ProblemError(404, f"No dataset with id {dataset_id!r}.", type_="not-found")
         return DatasetRecord(**record)
+
+    @app.delete("/v1/datasets/{dataset_id}", status_code=204, tags=["datasets"])
+    def delete_dataset(dataset_id: str, gw: GatewayDep, tenant: TenantDep) -> Response:
+        record = gw.store.get_dataset(dataset_id, tenant) if len(dataset_id) < 80 else None
+        if record is None:
+            raise ProblemError(404, f"No dataset with id {dataset_id!r}.", type_="not-found")
+        if gw.store.dataset_in_use(dataset_id, tenant):
+            raise ProblemError(
+                409,
+                f"Dataset {dataset_id} is used by a queued or running job; cancel it or wait for it to end.",
+                type_="dataset-in-use",
+            )
+        if gw.store.delete_dataset(dataset_id, tenant) == 0:  # no other tenant holds the same content
+            gw.artifacts.remove_dataset(dataset_id)
+        return Response(status_code=204)
 
     # --------------------------------------------------------------- jobs
     @app.post("/v1/jobs", status_code=202, response_model=JobRecord, tags=["jobs"])
@@ -589,12 +620,43 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def get_job(job_id: str, gw: GatewayDep, tenant: TenantDep) -> JobRecord:
         return _job_record(_get_job_or_404(gw, job_id, tenant))
 
-    @app.delete("/v1/jobs/{job_id}", response_model=JobRecord, status_code=202, tags=["jobs"])
-    def cancel_job(job_id: str, gw: GatewayDep, tenant: TenantDep) -> JobRecord:
+    @app.delete(
+        "/v1/jobs/{job_id}",
+        response_model=JobRecord,
+        status_code=202,
+        tags=["jobs"],
+        responses={204: {"description": "purge=true: the job, its artifacts and its units are deleted"}},
+    )
+    def cancel_job(
+        job_id: str,
+        gw: GatewayDep,
+        tenant: TenantDep,
+        purge: Annotated[
+            bool, Query(description="delete the job and its artifacts (cancelling it first)")
+        ] = False,
+    ) -> Any:
         job = _get_job_or_404(gw, job_id, tenant)
-        if job["state"] in ("succeeded", "failed", "cancelled"):
+        if purge:
+            state = job["state"]
+            if state not in TERMINAL_STATES:
+                state = gw.store.request_cancel(job_id)
+            if state not in TERMINAL_STATES:
+                raise ProblemError(
+                    409,
+                    f"Job {job_id} is running; cancellation was requested. Repeat this DELETE once it "
+                    "has stopped (GET shows its state).",
+                    type_="job-still-running",
+                    headers={"Retry-After": "5"},
+                )
+            if gw.store.delete_job(job_id):
+                gw.artifacts.remove_job(job_id)
+            return Response(status_code=204)
+        if job["state"] in TERMINAL_STATES:
             raise ProblemError(
-                409, f"Job {job_id} already ended ({job['state']}); nothing to cancel.", type_="job-ended"
+                409,
+                f"Job {job_id} already ended ({job['state']}); nothing to cancel "
+                "(DELETE with ?purge=true deletes it and its artifacts).",
+                type_="job-ended",
             )
         gw.store.request_cancel(job_id)
         return _job_record(_get_job_or_404(gw, job_id, tenant))

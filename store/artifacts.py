@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -74,6 +75,15 @@ class ArtifactStore:
         d = self.root / "tmp"
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def remove_job(self, job_id: str) -> None:
+        """Delete a job's artifact folder (its files, not what a link points at)."""
+        d = self.job_dir(job_id)
+        if d.is_dir() and not d.is_symlink():
+            shutil.rmtree(d, ignore_errors=True)
+
+    def remove_dataset(self, dataset_id: str) -> None:
+        self.dataset_path(dataset_id).unlink(missing_ok=True)
 
     def write(self, job_id: str, name: str, data: bytes) -> Path:
         path = self.artifact_path(job_id, name)

@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
     or_,
@@ -259,6 +260,53 @@ class JobStore:
         with self.session() as s:
             row = s.get(DatasetRow, (dataset_id, tenant))
             return None if row is None else _dataset_dict(row)
+
+    def dataset_in_use(self, dataset_id: str, tenant: str) -> bool:
+        """Whether a queued or running job of the tenant reads this dataset."""
+        # Requests are stored as sorted-key JSON; dataset ids are "ds_" + hex, so the
+        # serialized reference is an exact, unambiguous substring.
+        needle = f'%"dataset": "{dataset_id}"%'
+        with self.session() as s:
+            return (
+                s.scalar(
+                    select(func.count())
+                    .select_from(JobRow)
+                    .where(
+                        JobRow.tenant == tenant,
+                        JobRow.state.in_(ACTIVE_STATES),
+                        JobRow.request.like(needle),
+                    )
+                )
+                or 0
+            ) > 0
+
+    def delete_dataset(self, dataset_id: str, tenant: str) -> int:
+        """Remove the tenant's row; returns how many rows (any tenant) still name the same
+        content, so the caller removes the shared file only when that is 0."""
+        with self.session() as s:
+            s.execute(delete(DatasetRow).where(DatasetRow.id == dataset_id, DatasetRow.tenant == tenant))
+            return int(
+                s.scalar(select(func.count()).select_from(DatasetRow).where(DatasetRow.id == dataset_id)) or 0
+            )
+
+    def stored_dataset_bytes(self, tenant: str) -> int:
+        with self.session() as s:
+            return int(
+                s.scalar(
+                    select(func.coalesce(func.sum(DatasetRow.size_bytes), 0)).where(
+                        DatasetRow.tenant == tenant
+                    )
+                )
+                or 0
+            )
+
+    def expired_datasets(self, older_than: timedelta) -> list[tuple[str, str]]:
+        """(id, tenant) of datasets created before now - older_than."""
+        cutoff = utcnow() - older_than
+        with self.session() as s:
+            return [
+                (r.id, r.tenant) for r in s.scalars(select(DatasetRow).where(DatasetRow.created_at < cutoff))
+            ]
 
     # ---------------------------------------------------------------- api keys
     def create_key(self, tenant: str) -> tuple[str, str]:
@@ -522,6 +570,25 @@ class JobStore:
                 .values(state="queued", error=None, finished_at=None)
             )
             return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def delete_job(self, job_id: str) -> bool:
+        """Remove a terminal job's row and its unit rows (never an active job's)."""
+        with self.session() as s:
+            res = s.execute(delete(JobRow).where(JobRow.id == job_id, JobRow.state.in_(TERMINAL_STATES)))
+            if res.rowcount:  # type: ignore[attr-defined]
+                s.execute(delete(UnitRow).where(UnitRow.job_id == job_id))
+                return True
+            return False
+
+    def expired_jobs(self, older_than: timedelta) -> list[str]:
+        """Ids of terminal jobs that finished before now - older_than."""
+        cutoff = utcnow() - older_than
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(JobRow.id).where(JobRow.state.in_(TERMINAL_STATES), JobRow.finished_at < cutoff)
+                )
+            )
 
     def request_cancel(self, job_id: str) -> str | None:
         """Queued -> cancelled at once; running -> flagged (stops at its next check)."""

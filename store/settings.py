@@ -26,6 +26,16 @@ class CommonSettings(BaseSettings):
         default=3600.0, gt=0, description="re-send a queued job or unit whose message was lost"
     )
     max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is failed")
+    job_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="delete finished jobs (row and artifacts) this many days after they end",
+    )
+    dataset_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="delete datasets this many days after upload (not while a job uses one)",
+    )
 
     @model_validator(mode="after")
     def _stale_after_heartbeats(self) -> CommonSettings:
@@ -55,6 +65,9 @@ class ServiceSettings(CommonSettings):
     max_parameters: int = Field(default=50_000_000, ge=1, description="model parameter limit")
     max_job_memory_bytes: int = Field(
         default=16 * 1024**3, ge=1, description="refuse jobs whose estimated peak memory is above this"
+    )
+    max_stored_bytes: int = Field(
+        default=50 * 1024**3, ge=1, description="bytes of uploaded datasets a tenant may keep stored"
     )
     auth_failure_rate: float = Field(
         default=1.0, ge=0, description="invalid API keys per second per client address (0 = no limit)"

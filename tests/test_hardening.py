@@ -254,3 +254,94 @@ def test_idempotency_key_with_another_device_is_a_conflict(api: Any) -> None:
     )
     other = api.post("/v1/jobs", json={**TD, "device": "cuda"}, headers=headers)
     assert other.status_code == 409 and other.json()["type"].endswith("idempotency-conflict")
+
+
+def _npz_bytes(seed: int, n: int = 12) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    np.savez(buf, x=rng.normal(size=(n, 3)), y=np.arange(n) % 2)
+    return buf.getvalue()
+
+
+def test_delete_datasets_and_purge_jobs(monkeypatch: pytest.MonkeyPatch, environment: Any) -> None:
+    with _app(monkeypatch, environment, auth="required") as client:
+        store = client.app.state.gateway.store
+        a = {"Authorization": f"Bearer {store.create_key('a')[1]}"}
+        b = {"Authorization": f"Bearer {store.create_key('b')[1]}"}
+        body = _npz_bytes(0)
+        ds = client.post("/v1/datasets", files={"file": ("d.npz", body)}, headers=a).json()
+        same = client.post("/v1/datasets", files={"file": ("d.npz", body)}, headers=b).json()
+        assert same["id"] == ds["id"]  # same content, one shared file, one row per tenant
+        path = environment.data_dir / "datasets" / f"{ds['id']}.npz"
+        job = client.post("/v1/jobs", json={**TD, "dataset": ds["id"]}, headers=a).json()
+        assert (
+            client.delete(f"/v1/datasets/{ds['id']}", headers=a).status_code == 409
+        )  # a queued job reads it
+        assert client.delete(f"/v1/jobs/{job['id']}", headers=b).status_code == 404
+        (environment.data_dir / "jobs" / job["id"]).mkdir(parents=True)
+        (environment.data_dir / "jobs" / job["id"] / "scores.csv").write_text("index\n")
+        assert client.delete(f"/v1/jobs/{job['id']}?purge=true", headers=a).status_code == 204
+        assert client.get(f"/v1/jobs/{job['id']}", headers=a).status_code == 404
+        assert not (environment.data_dir / "jobs" / job["id"]).exists()
+        assert client.delete(f"/v1/datasets/{ds['id']}", headers=a).status_code == 204
+        assert client.get(f"/v1/datasets/{ds['id']}", headers=a).status_code == 404
+        assert path.exists()  # tenant b still holds it
+        assert client.get(f"/v1/datasets/{ds['id']}", headers=b).status_code == 200
+        assert client.delete(f"/v1/datasets/{ds['id']}", headers=b).status_code == 204
+        assert not path.exists()
+
+
+def test_purge_of_a_running_job_cancels_first(api: Any) -> None:
+    job = api.post("/v1/jobs", json=TD).json()
+    store = api.app.state.gateway.store
+    assert store.claim_job(job["id"], "w1", stale_after=60)
+    r = api.delete(f"/v1/jobs/{job['id']}?purge=true")
+    assert r.status_code == 409 and "cancellation was requested" in r.json()["detail"]
+    assert store.get_job(job["id"])["cancel_requested"] is True
+    store.finish(job["id"], "cancelled")
+    assert api.delete(f"/v1/jobs/{job['id']}?purge=true").status_code == 204
+
+
+def test_storage_quota_per_tenant(monkeypatch: pytest.MonkeyPatch, environment: Any) -> None:
+    first, second = _npz_bytes(1, 40), _npz_bytes(2, 40)
+    with _app(monkeypatch, environment, max_stored_bytes=len(first) + len(second) // 2) as client:
+        assert client.post("/v1/datasets", files={"file": ("a.npz", first)}).status_code == 201
+        over = client.post("/v1/datasets", files={"file": ("b.npz", second)})
+        assert over.status_code == 413 and "INFOSCORE_MAX_STORED_BYTES" in over.json()["detail"]
+        assert not any((environment.data_dir / "tmp").glob("upload-*"))
+
+
+def test_retention_deletes_old_jobs_and_datasets(api: Any, environment: Any) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from store.db import DatasetRow, JobRow, utcnow
+    from store.settings import WorkerSettings
+    from workers.reaper import apply_retention
+
+    store = api.app.state.gateway.store
+    ds = api.post("/v1/datasets", files={"file": ("d.npz", _npz_bytes(3))}).json()
+    old, recent = (api.post("/v1/jobs", json=TD).json() for _ in range(2))
+    for job in (old, recent):
+        store.request_cancel(job["id"])
+        (environment.data_dir / "jobs" / job["id"]).mkdir(parents=True)
+    with store.session() as s:
+        s.execute(
+            update(JobRow).where(JobRow.id == old["id"]).values(finished_at=utcnow() - timedelta(days=8))
+        )
+        s.execute(
+            update(DatasetRow)
+            .where(DatasetRow.id == ds["id"])
+            .values(created_at=utcnow() - timedelta(days=40))
+        )
+    settings = WorkerSettings(data_dir=environment.data_dir, job_retention_days=7, dataset_retention_days=30)
+    assert apply_retention(store, settings) == {"jobs_expired": 1, "datasets_expired": 1}
+    assert api.get(f"/v1/jobs/{old['id']}").status_code == 404
+    assert not (environment.data_dir / "jobs" / old["id"]).exists()
+    assert api.get(f"/v1/jobs/{recent['id']}").status_code == 200
+    assert api.get(f"/v1/datasets/{ds['id']}").status_code == 404
+    assert apply_retention(store, WorkerSettings(data_dir=environment.data_dir)) == {
+        "jobs_expired": 0,
+        "datasets_expired": 0,
+    }

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 from typing import Any
 
 from contracts import tasks as names
+from store.artifacts import ArtifactStore
 from store.db import JobStore
 from store.settings import WorkerSettings
 
@@ -44,6 +46,27 @@ def reap_once(store: JobStore, settings: WorkerSettings, send_task: Any) -> dict
         store.touch(job_id)
         send_task(names.RUN_JOB, args=[job_id], queue=names.QUEUE_JOBS)
         counts["queued_resent"] += 1
+    counts.update(apply_retention(store, settings))
+    return counts
+
+
+def apply_retention(store: JobStore, settings: WorkerSettings) -> dict[str, int]:
+    """Delete finished jobs and datasets past their retention (settings; off by default).
+    Several reapers may race here: deleting a row that is gone is a no-op."""
+    counts = {"jobs_expired": 0, "datasets_expired": 0}
+    artifacts = ArtifactStore(settings.data_dir)
+    if settings.job_retention_days is not None:
+        for job_id in store.expired_jobs(timedelta(days=settings.job_retention_days)):
+            if store.delete_job(job_id):
+                artifacts.remove_job(job_id)
+                counts["jobs_expired"] += 1
+    if settings.dataset_retention_days is not None:
+        for dataset_id, tenant in store.expired_datasets(timedelta(days=settings.dataset_retention_days)):
+            if store.dataset_in_use(dataset_id, tenant):
+                continue
+            if store.delete_dataset(dataset_id, tenant) == 0:
+                artifacts.remove_dataset(dataset_id)
+            counts["datasets_expired"] += 1
     return counts
 
 
