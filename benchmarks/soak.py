@@ -278,6 +278,9 @@ def main() -> None:
                     if job not in c.purged:
                         missing.append(job)
                     break
+                if r.status_code != 200:  # e.g. 429 from the per-key rate limit: slow down
+                    time.sleep(float(r.headers.get("Retry-After", "1")))
+                    continue
                 state = r.json()["state"]
                 if state in ("succeeded", "failed", "cancelled") or time.monotonic() > wait_until:
                     states[state] += 1
