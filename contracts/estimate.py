@@ -132,3 +132,85 @@ def estimate(request: dict[str, Any], shape: Shape) -> Estimate:
         else:
             mem += m * k * p * F32 + 3 * m * m * F64
     return Estimate(parameters=p, memory_bytes=int(mem + RUNTIME_BYTES), shape=shape, notes=notes)
+
+
+@dataclass
+class DatasetFacts:
+    """What the checks need to know about a dataset besides its shape."""
+
+    builtin: bool
+    has_truth: bool = False
+
+
+def dataset_checks(
+    request: dict[str, Any], shape: Shape, facts: DatasetFacts, params_set: frozenset[str] = frozenset()
+) -> list[dict[str, str]]:
+    """Checks that need only the request and the dataset's record, made at submit and by
+    ``POST /v1/jobs:estimate``, so that a job that would fail minutes later is refused at
+    once. Returns problems as ``{"field", "detail"}``; empty when the request fits.
+
+    request: a validated job request as JSON. params_set: the ``params`` fields the user
+    gave (a default that does not fit is named as a default).
+    """
+    problems: list[dict[str, str]] = []
+    kind = request["kind"]
+    params = request.get("params") or {}
+
+    def given(name: str) -> str:
+        return "" if name in params_set else " (the default)"
+
+    n = shape.n_train
+    if kind == "fcmi-bound":
+        largest = max(params.get("n") or [0])
+        if 2 * largest > n:
+            problems.append(
+                {
+                    "field": "params.n",
+                    "detail": f"The 'n' parameter of fcmi-bound must have 2 * max(n) <= {n}, the training "
+                    f"rows of this dataset: each supersample draws 2n of them. Got "
+                    f"{params.get('n')}{given('n')}; use sizes up to {n // 2}.",
+                }
+            )
+    if kind == "sample-information" and shape.n_test == 0 and "predictions" in (params.get("measures") or []):
+        problems.append(
+            {
+                "field": "params.measures",
+                "detail": "The 'measures' parameter of sample-information may include 'predictions' only "
+                f"when the dataset has a test split; this one has none. Got {params.get('measures')}"
+                f'{given("measures")}; use ["weights"] or upload test rows.',
+            }
+        )
+    if kind == "limit" and params.get("clean_validation") and not (facts.builtin or facts.has_truth):
+        problems.append(
+            {
+                "field": "params.clean_validation",
+                "detail": "The 'clean_validation' parameter of limit needs the clean labels, which this "
+                "upload does not have: set it to false, or upload the true labels with truth_column.",
+            }
+        )
+    models = [("model", request["model"])]
+    if kind in ("supervision-complexity", "distillation") and isinstance(params.get("teacher"), dict):
+        models.append(("params.teacher", params["teacher"]))
+    for where, model in models:
+        if model.get("arch") != "cnn":
+            continue
+        given_shape = model.get("input_shape")
+        if given_shape:
+            if math.prod(given_shape) != shape.features:
+                problems.append(
+                    {
+                        "field": f"{where}.input_shape",
+                        "detail": f"The cnn's 'input_shape' {given_shape} holds {math.prod(given_shape)} "
+                        f"values, but each sample has {shape.features} features.",
+                    }
+                )
+        elif len(shape.input_shape) == 1 and math.isqrt(shape.features) ** 2 != shape.features:
+            problems.append(
+                {
+                    "field": f"{where}.arch",
+                    "detail": f"A cnn needs image-shaped inputs (C, H, W); this dataset has flat "
+                    f"features ({shape.features}, not a square). Use an 'mlp' or 'linear' model, or "
+                    "give the cnn an 'input_shape' whose product is the feature count.",
+                }
+            )
+    return problems
