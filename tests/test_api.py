@@ -233,3 +233,166 @@ def test_estimate_dry_run_and_memory_refusal(api: Any) -> None:
 
     wide = {**TD, "model": {"arch": "mlp", "hidden": [16_384, 16_384]}}
     _assert_problem(api.post("/v1/jobs", json=wide), 422, "parameters", "INFOSCORE_MAX_PARAMETERS")
+
+
+# ---------------------------------------------------------------------------------------
+# Uploads and requests that catch a user's mistakes before the job runs (issue 13)
+
+
+def _csv_bytes(df: Any) -> bytes:
+    return df.to_csv(index=False).encode()
+
+
+def _flat_upload(api: Any, n: int = 40, d: int = 30, test: bool = True, truth: bool = True) -> dict[str, Any]:
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(n, d)), columns=[f"f{j}" for j in range(d)])
+    df["label"] = ["cat", "dog"] * (n // 2)
+    if truth:
+        df["truth"] = df["label"]
+        df.loc[0, "truth"] = "dog"
+    if test:
+        df["split"] = ["train"] * (n - 10) + ["test"] * 10
+    form = {"truth_column": "truth"} if truth else {}
+    r = api.post("/v1/datasets", files={"file": ("t.csv", _csv_bytes(df))}, data=form)
+    assert r.status_code == 201, r.text
+    record: dict[str, Any] = r.json()
+    return record
+
+
+def test_upload_options_and_the_record_fields(api: Any) -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(0, 0.01, 12), "b": rng.normal(0, 100, 12)})
+    df = df.reset_index()  # the classic mistake: an 'index' column
+    df["y"] = ["no", "yes", "maybe"] * 4
+    df["sample"] = [f"s{i}" for i in range(12)]
+    body = _csv_bytes(df)
+    _assert_problem(
+        api.post("/v1/datasets", files={"file": ("t.csv", body)}, data={"label_column": "y"}),
+        422,
+        "'index'",
+        "exclude_columns=index",
+    )
+    r = api.post(
+        "/v1/datasets",
+        files={"file": ("t.csv", body)},
+        data={"label_column": "y", "id_column": "sample", "exclude_columns": "index"},
+    )
+    assert r.status_code == 201, r.text
+    rec = r.json()
+    assert rec["feature_names"] == ["a", "b"] and rec["input_shape"] == [2]
+    assert rec["class_names"] == ["maybe", "no", "yes"] and rec["class_counts"] == [4, 4, 4]
+    assert rec["has_ids"] is True and rec["has_truth"] is False
+    assert len(rec["warnings"]) == 1 and "standardize=true" in rec["warnings"][0]
+    assert rec["options"]["exclude_columns"] == ["index"] and rec["standardization"] is None
+    # the same file read another way is another dataset
+    r2 = api.post(
+        "/v1/datasets",
+        files={"file": ("t.csv", body)},
+        data={"label_column": "y", "id_column": "sample", "exclude_columns": "index", "standardize": "true"},
+    )
+    assert r2.status_code == 201 and r2.json()["id"] != rec["id"]
+    assert r2.json()["warnings"] == [] and len(r2.json()["standardization"]["mean"]) == 2
+    assert api.get(f"/v1/datasets/{rec['id']}").json()["class_names"] == ["maybe", "no", "yes"]
+
+
+def test_list_datasets_is_paged_newest_first(api: Any) -> None:
+    ids = []
+    for i in range(3):
+        r = api.post("/v1/datasets", files={"file": ("d.npz", _npz(x=np.eye(4) * (i + 1), y=[0, 1, 0, 1]))})
+        ids.append(r.json()["id"])
+    first = api.get("/v1/datasets", params={"limit": 2}).json()
+    assert [d["id"] for d in first["items"]] == ids[::-1][:2] and first["next_cursor"]
+    second = api.get("/v1/datasets", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert [d["id"] for d in second["items"]] == [ids[0]] and second["next_cursor"] is None
+    _assert_problem(api.get("/v1/datasets", params={"cursor": "zz"}), 400, "cursor")
+
+
+def test_dataset_checks_at_submit_and_in_the_estimate(api: Any) -> None:
+    ds = _flat_upload(api)  # 30 training rows, 30 flat features, a test split, true labels
+    assert ds["has_truth"] is True and ds["n_mislabeled"] == 1
+    cases = [
+        ("fcmi-bound", {"arch": "mlp"}, {"n": [10, 20]}, "params.n", "2 * max(n) <= 30"),
+        ("fcmi-bound", {"arch": "mlp"}, {}, "params.n", "(the default)"),
+        ("training-dynamics", {"arch": "cnn"}, {"epochs": 1}, "model.arch", "image-shaped"),
+        (
+            "supervision-complexity",
+            {"arch": "mlp"},
+            {"teacher": {"arch": "cnn", "input_shape": [1, 5, 5]}, "teacher_epochs": 2},
+            "params.teacher.input_shape",
+            "25 values",
+        ),
+    ]
+    for kind, model, params, field, needle in cases:
+        request = {"kind": kind, "dataset": ds["id"], "model": model, "params": params}
+        body = _assert_problem(api.post("/v1/jobs", json=request), 422, needle)
+        assert body["field"] == field
+        est = api.post("/v1/jobs:estimate", json=request).json()
+        assert est["fits"] is False and est["problems"][0]["field"] == field
+    assert api.get("/v1/jobs").json()["items"] == []  # nothing was queued
+    # clean_validation needs clean labels: fine with a truth column, refused without one
+    ok = {
+        "kind": "limit",
+        "dataset": ds["id"],
+        "model": {"arch": "mlp"},
+        "params": {"clean_validation": True},
+    }
+    assert api.post("/v1/jobs:estimate", json=ok).json()["problems"] == []
+    plain = _flat_upload(api, test=False, truth=False)
+    bad = {**ok, "dataset": plain["id"]}
+    _assert_problem(api.post("/v1/jobs", json=bad), 422, "clean_validation", "truth_column")
+    si = {"kind": "sample-information", "dataset": plain["id"], "model": {"arch": "linear"}}
+    _assert_problem(api.post("/v1/jobs", json=si), 422, "'predictions'", "(the default)")
+    fits = api.post("/v1/jobs:estimate", json={**si, "params": {"measures": ["weights"]}}).json()
+    assert fits["fits"] is True and fits["problems"] == []
+
+
+def test_defaults_follow_the_parameters_they_depend_on(api: Any) -> None:
+    r = api.post("/v1/jobs", json={**TD, "params": {"epochs": 2}})
+    assert r.status_code == 202, r.text
+    assert r.json()["request"]["params"]["el2n_epoch"] == 2
+    sc = {
+        "kind": "supervision-complexity",
+        "dataset": {"builtin": "digits"},
+        "model": {"arch": "mlp"},
+        "params": {"teacher": {"arch": "mlp"}, "teacher_epochs": 7},
+    }
+    assert api.post("/v1/jobs:estimate", json=sc).status_code == 200
+    too_far = {**sc, "params": {**sc["params"], "checkpoints": [1, 9]}}
+    _assert_problem(api.post("/v1/jobs", json=too_far), 422, "teacher_epochs (7)", "[9]")
+
+
+def test_unknown_fields_suggest_the_closest_name(api: Any) -> None:
+    body = _assert_problem(
+        api.post("/v1/jobs", json={**TD, "params": {"epoch": 3}}), 422, "did you mean 'epochs'"
+    )
+    assert body["errors"][0]["loc"] == "training-dynamics.params.epoch"
+    typo = {**TD, "model": {"arch": "mlp", "hiden": [8]}}
+    _assert_problem(api.post("/v1/jobs", json=typo), 422, "did you mean 'hidden'")
+
+
+def test_a_malformed_dataset_reference_gets_one_clear_error(api: Any) -> None:
+    for ref, needle in [("my-data.csv", "'ds_' and 16-64 hex digits"), ({"builtin": "mnist"}, "'mnist'")]:
+        body = _assert_problem(api.post("/v1/jobs", json={**TD, "dataset": ref}), 422, needle)
+        assert len(body["errors"]) == 1, body["errors"]
+    body = _assert_problem(
+        api.post("/v1/jobs", json={**TD, "dataset": {"builtin": "digits", "label_noise": 3}}),
+        422,
+        "label_noise",
+    )
+    assert len(body["errors"]) == 1 and "valid string" not in body["detail"]
+
+
+def test_sort_keys_are_checked_for_every_kind(api: Any) -> None:
+    store = api.app.state.gateway.store
+    fc = {"kind": "fcmi-bound", "dataset": {"builtin": "digits"}, "model": {"arch": "linear"}}
+    job = store.create_job(kind="fcmi-bound", request=fc, fingerprint="x")
+    store.finish(job["id"], "succeeded", summary={"bound": 0.1})
+    body = _assert_problem(
+        api.get(f"/v1/jobs/{job['id']}/result", params={"sort": "bogus"}), 422, "no per-sample"
+    )
+    assert body["field"] == "sort"
+    assert api.get(f"/v1/jobs/{job['id']}/result").json()["summary"] == {"bound": 0.1}

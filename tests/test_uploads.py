@@ -643,7 +643,9 @@ def _features(n: int, seed: int = 0) -> pd.DataFrame:
 
 def test_duplicate_ids_are_refused_with_the_fix(tmp_path: Path) -> None:
     df = _features(6).assign(label=[0, 1] * 3, id=["a", "b", "c", "a", "e", "f"])
-    err = _refused(_csv(tmp_path, df), r"unique ids; 'a' appears 2 times \(rows \[0, 3\]\).*exclude_columns=id")
+    err = _refused(
+        _csv(tmp_path, df), r"unique ids; 'a' appears 2 times \(rows \[0, 3\]\).*exclude_columns=id"
+    )
     assert err.field == "id"
     ds = parse_upload(_csv(tmp_path, df), "t.csv", LIMITS, _opts(exclude_columns=("id",)))
     assert ds.ids is None and ds.input_shape == (2,)
@@ -653,7 +655,9 @@ def test_duplicate_ids_are_refused_with_the_fix(tmp_path: Path) -> None:
 
 def test_labels_that_skip_a_class_are_refused_unless_remapped(tmp_path: Path) -> None:
     df = _features(6).assign(label=[1, 2, 1, 2, 1, 2])
-    err = _refused(_csv(tmp_path, df), r"labels run 1\.\.2, so k = 3 and class\(es\) \[0\].*remap_labels=true")
+    err = _refused(
+        _csv(tmp_path, df), r"labels run 1\.\.2, so k = 3 and class\(es\) \[0\].*remap_labels=true"
+    )
     assert err.field == "label"
     ds = parse_upload(_csv(tmp_path, df), "t.csv", LIMITS, _opts(remap_labels=True))
     assert ds.n_classes == 2 and ds.y.tolist() == [0, 1, 0, 1, 0, 1]
@@ -723,7 +727,7 @@ def test_truth_column_is_kept_for_the_training_rows(tmp_path: Path) -> None:
     assert ds.feature_names == ["a", "b"]  # the truth column is not a feature
     assert ds.describe()["n_mislabeled"] == 1 and ds.describe()["has_truth"]
     bad = df.assign(clean=["a", "b", "zebra", "b", "a", "a"])
-    with pytest.raises(UploadError, match="'zebra'.*not one of the labels"):
+    with pytest.raises(UploadError, match=r"'zebra'.*not one of the labels"):
         parse_upload(_csv(tmp_path, bad), "t.csv", LIMITS, _opts(truth_column="clean"))
 
 
