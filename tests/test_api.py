@@ -354,7 +354,7 @@ def test_defaults_follow_the_parameters_they_depend_on(api: Any) -> None:
     r = api.post("/v1/jobs", json={**TD, "params": {"epochs": 2}})
     assert r.status_code == 202, r.text
     assert r.json()["request"]["params"]["el2n_epoch"] == 2
-    sc = {
+    sc: dict[str, Any] = {
         "kind": "supervision-complexity",
         "dataset": {"builtin": "digits"},
         "model": {"arch": "mlp"},

@@ -712,7 +712,7 @@ def test_column_options_name_unknown_columns_with_a_suggestion(tmp_path: Path) -
         parse_upload(path, "t.csv", LIMITS, _opts(label_column="target", exclude_columns=("bb",)))
     with pytest.raises(UploadError, match="not both"):
         parse_upload(path, "t.csv", LIMITS, _opts(feature_columns=("a",), exclude_columns=("b",)))
-    npz = _npz(tmp_path, **XY)
+    npz = _npz(tmp_path, x=XY["x"], y=XY["y"])
     with pytest.raises(UploadError, match=r"\['label_column'\] apply to CSV and Parquet"):
         parse_upload(npz, "d.npz", LIMITS, _opts(label_column="y"))
 
