@@ -261,6 +261,50 @@ def _get_job_or_404(gw: Gateway, job_id: str, tenant: str) -> dict[str, Any]:
     return job
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def _docs_assets_dir() -> Path:
+    """Swagger UI and ReDoc's files, as shipped by the fastapi-offline wheel (found without
+    importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the fastapi-offline package (Swagger UI and ReDoc files) is not installed")
+    return Path(spec.origin).parent / "static"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with every asset served by this service."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=_docs_assets_dir()), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            # no badge that would ask validator.swagger.io about the spec
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> Response:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
 
@@ -277,7 +321,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             "smooth sample information, f-CMI bounds, LIMIT and supervision complexity as jobs."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served below from files in the package: no CDN, works offline
+        redoc_url=None,
     )
+    _offline_docs(app)
     app.state.gateway = Gateway(settings)
     install_handlers(app)
     app.add_middleware(

@@ -396,3 +396,19 @@ def test_sort_keys_are_checked_for_every_kind(api: Any) -> None:
     )
     assert body["field"] == "sort"
     assert api.get(f"/v1/jobs/{job['id']}/result").json()["summary"] == {"bound": 0.1}
+
+
+def test_docs_and_redoc_load_nothing_from_the_network(api: Any) -> None:
+    import re
+
+    for page in ("/docs", "/redoc"):
+        r = api.get(page)
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url:\\s*['"]([^'"]+)['"]""", r.text)
+        assets = [a or b for a, b in urls]
+        assert assets, r.text
+        for url in assets:
+            assert not url.startswith(("http:", "https:", "//")), (page, url)
+            if url != "/openapi.json":
+                assert api.get(url).status_code == 200, url
+        assert "cdn." not in r.text and "fonts.googleapis" not in r.text
