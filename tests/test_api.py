@@ -412,3 +412,17 @@ def test_docs_and_redoc_load_nothing_from_the_network(api: Any) -> None:
             if url != "/openapi.json":
                 assert api.get(url).status_code == 200, url
         assert "cdn." not in r.text and "fonts.googleapis" not in r.text
+
+
+def test_estimate_gives_a_time_range_from_the_measured_rates(api: Any) -> None:
+    from contracts.estimate import RATES, TIME_RANGE_FACTORS
+
+    short = api.post("/v1/jobs:estimate", json={**TD, "params": {"epochs": 10}}).json()["seconds"]
+    long = api.post("/v1/jobs:estimate", json={**TD, "params": {"epochs": 1000}}).json()["seconds"]
+    assert 0 < short["low"] < short["high"] and long["low"] > 10 * short["low"]
+    assert short["high"] / short["low"] == pytest.approx(
+        TIME_RANGE_FACTORS[1] / TIME_RANGE_FACTORS[0], rel=0.05
+    )
+    # 1000 epochs of the 64-256-10 MLP on 1347 digits: about 1000 * 1347 * 19210 * 4/3 / rate s
+    work = 1000 * 1347 * 19210 * 4 / 3 / RATES["train_sample_epoch_params_per_s"]
+    assert long["low"] <= work <= long["high"]
