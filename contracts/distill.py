@@ -1,4 +1,4 @@
-"""Params of the ``supervision-complexity`` and ``distillation`` job kinds (SCIENCE.md 5).
+"""Params of the ``supervision-complexity`` and ``distillation`` job kinds (docs/science.md §5).
 
 In both job kinds the request's ``model`` is the student and ``params.teacher`` the
 teacher. Cross-field checks (checkpoints within ``teacher_epochs``, curve epochs within

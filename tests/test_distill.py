@@ -206,7 +206,7 @@ def test_online_schedule_uses_checkpoint_of_current_epoch(
 
 
 # ---------------------------------------------------------------------------------------
-# Orderings on digits (the acceptance criteria of SCIENCE.md 5.3)
+# Orderings on digits (the acceptance criteria of docs/science.md §5.3)
 # ---------------------------------------------------------------------------------------
 
 
