@@ -79,12 +79,6 @@ def up(
     from .supervisor import Supervisor
 
     auth = os.environ.get("INFOSCORE_AUTH", "off")
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    typer.echo(
-        f"infoscore: starting on http://{shown}:{port}; point the CLI and client at it with "
-        f"export INFOSCORE_URL=http://{shown}:{port}",
-        err=True,
-    )
     code = Supervisor(
         host=host, port=port, data_dir=data_dir, workers=workers, auth=auth, log_dir=log_dir
     ).run()
