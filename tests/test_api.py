@@ -426,3 +426,37 @@ def test_estimate_gives_a_time_range_from_the_measured_rates(api: Any) -> None:
     # 1000 epochs of the 64-256-10 MLP on 1347 digits: about 1000 * 1347 * 19210 * 4/3 / rate s
     work = 1000 * 1347 * 19210 * 4 / 3 / RATES["train_sample_epoch_params_per_s"]
     assert long["low"] <= work <= long["high"]
+
+
+def test_datasets_are_listed_per_tenant(api: Any) -> None:
+    store = api.app.state.gateway.store
+    base = {"sha256": "0" * 64, "format": "npz", "n_train": 4, "n_test": 0, "n_classes": 2}
+    store.add_dataset({**base, "id": "ds_" + "a" * 32, "input_shape": [2], "size_bytes": 1}, "tenant-a")
+    store.add_dataset({**base, "id": "ds_" + "b" * 32, "input_shape": [2], "size_bytes": 1}, "tenant-b")
+    assert [d["id"] for d in store.list_datasets(tenant="tenant-a")] == ["ds_" + "a" * 32]
+    assert [d["id"] for d in store.list_datasets(tenant="tenant-b")] == ["ds_" + "b" * 32]
+    assert api.get("/v1/datasets").json()["items"] == []  # the default tenant sees neither
+
+
+def test_results_show_class_names_beside_the_codes(api: Any) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {"a": [0.1, 0.5, 0.2, 0.9], "b": [1.0, 0.0, 0.5, 0.3], "label": ["cat", "dog", "dog", "cat"]}
+    )
+    ds = api.post("/v1/datasets", files={"file": ("t.csv", _csv_bytes(df))}).json()
+    gw = api.app.state.gateway
+    request = {"kind": "training-dynamics", "dataset": ds["id"], "model": {"arch": "linear"}}
+    job = gw.store.create_job(kind="training-dynamics", request=request, fingerprint="g")
+    path = gw.artifacts.artifact_path(job["id"], "scores.parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"index": range(4), "label": [0, 1, 1, 0], "loss": [0.1, 0.9, 0.2, 0.3]}).to_parquet(path)
+    gw.store.finish(job["id"], "succeeded", summary={})
+    page = api.get(f"/v1/jobs/{job['id']}/result", params={"sort": "loss"}).json()
+    assert page["columns"] == ["index", "label", "label_name", "loss"]
+    assert [(r["label"], r["label_name"]) for r in page["rows"]] == [
+        (1, "dog"),
+        (0, "cat"),
+        (1, "dog"),
+        (0, "cat"),
+    ]
