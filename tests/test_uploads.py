@@ -766,3 +766,44 @@ def test_canonical_file_keeps_truth_class_names_and_statistics(tmp_path: Path) -
     again = _parse(out)  # the canonical file re-uploads as is
     assert again.class_names == ["x", "y"] and again.y_true is not None
     np.testing.assert_array_equal(again.x, ds.x)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    label=st.sampled_from(["label", "y", "f1", "nope"]),
+    id_col=st.sampled_from([None, "id", "f2", "label"]),
+    features=st.one_of(st.none(), st.lists(st.sampled_from(["f1", "f2", "id", "y", "zz"]), max_size=3)),
+    exclude=st.lists(st.sampled_from(["f1", "f2", "id", "split", "zz", "Unnamed: 0"]), max_size=2),
+    truth=st.sampled_from([None, "y", "label", "f2"]),
+    standardize=st.booleans(),
+    remap=st.booleans(),
+)
+def test_random_options_pass_or_raise_an_upload_error(
+    tmp_path: Path,
+    label: str,
+    id_col: str | None,
+    features: list[str] | None,
+    exclude: list[str],
+    truth: str | None,
+    standardize: bool,
+    remap: bool,
+) -> None:
+    path = tmp_path / "opts.csv"
+    _table().assign(y=["a", "b", "a", "b", "b", "a"]).to_csv(path, index=False)
+    options = _opts(
+        label_column=label,
+        id_column=id_col,
+        feature_columns=None if features is None else tuple(features),
+        exclude_columns=tuple(exclude),
+        truth_column=truth,
+        standardize=standardize,
+        remap_labels=remap,
+    )
+    try:
+        ds = parse_upload(path, "opts.csv", LIMITS, options)
+    except UploadError as exc:
+        assert exc.detail and isinstance(exc.field, str)
+        return
+    assert ds.x.shape[0] == ds.y.shape[0] and ds.n_classes >= 2
+    assert ds.feature_names is not None and len(ds.feature_names) == ds.x.shape[1]
+    assert int(ds.y.max()) < ds.n_classes and np.isfinite(ds.x).all()
