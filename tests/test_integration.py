@@ -104,9 +104,7 @@ def test_failed_job_has_a_problem_reason(api: Any, worker: WorkerProcess) -> Non
     ended = wait_for_state(api, job["id"], ("succeeded", "failed"), timeout=120)
     assert ended["state"] == "failed"
     err = ended["error"]
-    assert (
-        err["status"] == 422 and "'lr'" in err["detail"] and err["instance"] == f"/v1/jobs/{job['id']}"
-    )
+    assert err["status"] == 422 and "'lr'" in err["detail"] and err["instance"] == f"/v1/jobs/{job['id']}"
 
 
 def test_worker_killed_mid_job_is_recovered_with_the_same_result(
