@@ -32,6 +32,7 @@ dev: $(VENV)/.dev-installed
 
 ## make up: the embedded service (bundled broker + worker + API + SQLite) on http://$(HOST):$(PORT)
 up: venv
+	@echo "infoscore: API on http://$(HOST):$(PORT); for the CLI and client in another shell: export INFOSCORE_URL=http://$(HOST):$(PORT)"
 	$(VENV)/bin/infoscore up --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --workers $(WORKERS)
 
 ## make test: the whole suite except GPU tests (needs redis-server on PATH for integration tests)

@@ -1,4 +1,4 @@
-"""Supervision complexity and distillation on scikit-learn's digits (SCIENCE.md 5).
+"""Supervision complexity and distillation on scikit-learn's digits (docs/science.md §5).
 
 Runs the two job kinds through their runners (no Celery), on one CPU thread:
 

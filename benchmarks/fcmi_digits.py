@@ -2,7 +2,7 @@
 
 Calls ``FcmiRunner.plan / run_unit / reduce`` directly (no Celery), one thread, and
 prints, per configuration, the measured table beside the paper's MNIST 4 vs 9 row
-(SCIENCE.md 3.6). Configurations (``--parts``):
+(docs/science.md §3.6). Configurations (``--parts``):
 
 * ``mlp``: digits, 10 classes, MLP 64-128-10, Adam 1e-3, batch 64;
 * ``mlp-det``: as ``mlp`` with ``deterministic`` (init and data-order seed 42 for every unit);
@@ -37,7 +37,7 @@ from workers.datasets import load_dataset
 from workers.runners.base import JobContext
 from workers.runners.fcmi import FcmiRunner
 
-PAPER_MNIST_4V9 = {  # SCIENCE.md 3.6, standard Adam, 4-layer CNN, epoch 200: n -> (gap, bound)
+PAPER_MNIST_4V9 = {  # docs/science.md §3.6, standard Adam, 4-layer CNN, epoch 200: n -> (gap, bound)
     75: (0.0892, 0.2427),
     250: (0.0363, 0.1073),
     1000: (0.0155, 0.0467),
@@ -107,7 +107,7 @@ def print_table(name: str, summary: dict[str, Any]) -> None:
 
 
 def print_paper() -> None:
-    print("\n## paper reference: MNIST 4 vs 9, 4-layer CNN, standard Adam, epoch 200 (SCIENCE.md 3.6)")
+    print("\n## paper reference: MNIST 4 vs 9, 4-layer CNN, standard Adam, epoch 200 (docs/science.md §3.6)")
     print("| n | gap | bound | bound/gap |")
     print("|---|---|---|---|")
     for n, (gap, bound) in PAPER_MNIST_4V9.items():

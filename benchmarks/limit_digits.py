@@ -1,4 +1,4 @@
-"""LIMIT vs cross-entropy baselines on 8x8 digits with uniform label noise (SCIENCE.md 4.5).
+"""LIMIT vs cross-entropy baselines on 8x8 digits with uniform label noise (docs/science.md §4.5).
 
 Prints one markdown table per noise level: test accuracy of the best-validation
 checkpoint and at the end of training, final accuracy on the noisy (and clean) labels of

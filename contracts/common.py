@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic_core import PydanticCustomError
 
 DATASET_ID_PATTERN = r"^ds_[0-9a-f]{16,64}$"
 
@@ -47,7 +49,34 @@ class BuiltinGaussians(Strict):
 
 BuiltinDataset = Annotated[BuiltinDigits | BuiltinGaussians, Field(discriminator="builtin")]
 DatasetId = Annotated[str, Field(pattern=DATASET_ID_PATTERN, description="id from POST /v1/datasets")]
-DatasetRef = DatasetId | BuiltinDataset
+BUILTIN_NAMES = ("digits", "gaussians")
+
+
+def _one_dataset_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """One clear message for a malformed dataset reference instead of an error per union
+    branch (a bad id would otherwise also be told it is not a built-in, and vice versa)."""
+    if isinstance(value, str) and not re.fullmatch(DATASET_ID_PATTERN, value):
+        raise PydanticCustomError(
+            "dataset_ref",
+            "The 'dataset' must be an id from POST /v1/datasets ('ds_' and 16-64 hex digits, as listed "
+            f'by GET /v1/datasets) or a built-in such as {{"builtin": "digits"}}. Got {value[:100]!r}.',
+        )
+    if isinstance(value, dict) and value.get("builtin") not in BUILTIN_NAMES:
+        raise PydanticCustomError(
+            "dataset_ref",
+            f"A built-in 'dataset' needs \"builtin\": one of {list(BUILTIN_NAMES)}. "
+            f"Got {str(value.get('builtin'))[:100]!r}.",
+        )
+    if not isinstance(value, str | dict):
+        raise PydanticCustomError(
+            "dataset_ref",
+            "The 'dataset' must be a dataset id string or a built-in object such as "
+            f'{{"builtin": "digits"}}. Got a {type(value).__name__}.',
+        )
+    return handler(value)
+
+
+DatasetRef = Annotated[DatasetId | BuiltinDataset, WrapValidator(_one_dataset_error)]
 
 Activation = Literal["relu", "tanh", "gelu", "sigmoid"]
 

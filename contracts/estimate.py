@@ -28,18 +28,52 @@ class Shape:
     input_shape: list[int]
 
 
+# Measured rates behind the time range (one torch thread, CPU seconds, so as on a quiet
+# machine). Where each came from: ``PYTHONPATH=. python benchmarks/estimate_rates.py`` on the
+# project's 2-core x86_64 box, torch 2.13.0+cpu, 2026-11-30, machine shared (load ~12):
+# CPU seconds are used, wall was about 3.4x them. Output lines:
+#   mlp [256]: p = 19210, 20 epochs, 440 steps: cpu 0.35 s   -> 1.48e9 sample-epoch-params/s
+#   mlp [1024]: p = 76810, 6 epochs, 132 steps: cpu 0.55 s   -> 1.13e9
+#   per-sample Jacobians, mlp [256], n = 500, k = 10: cpu 0.62 s -> 1.55e8 sample-class-params/s
+#   float64 GEMM 2000: cpu 0.281 s -> 5.7e10 flop/s; float64 Cholesky 2000: cpu 0.079 s -> 3.4e10
+RATES: dict[str, float] = {
+    "train_sample_epoch_params_per_s": 1.2e9,  # the lower of the two MLPs, rounded down
+    "train_step_seconds": 2e-4,  # per optimizer step, whatever the size (Python + launch)
+    "jacobian_sample_class_params_per_s": 1.5e8,
+    "gemm_flop_per_s": 5.0e10,
+    "cholesky_flop_per_s": 3.0e10,
+    "job_overhead_seconds": 2.0,  # claim, dataset load, artifacts
+    "unit_overhead_seconds": 0.05,  # per fan-out unit (f-CMI)
+}
+# The range shown: the point estimate times these. Low: a quiet machine a little faster
+# than ours; high: a worker sharing its cores (we saw wall = 3.4 x CPU under load).
+TIME_RANGE_FACTORS = (0.5, 4.0)
+
+
 @dataclass
 class Estimate:
     parameters: int
     memory_bytes: int
     shape: Shape
     notes: list[str] = field(default_factory=list)
+    seconds: float | None = None
+    """point estimate of the job's run time on one CPU worker thread (see RATES)"""
 
     def as_dict(self) -> dict[str, Any]:
+        seconds: dict[str, Any] | None = None
+        if self.seconds is not None:
+            lo, hi = TIME_RANGE_FACTORS
+            seconds = {
+                "low": round(self.seconds * lo, 1),
+                "high": round(self.seconds * hi, 1),
+                "basis": "measured CPU rates, one torch thread (contracts/estimate.py RATES); "
+                "a GPU worker is usually faster, a busy machine slower",
+            }
         return {
             "parameters": self.parameters,
             "memory_bytes": self.memory_bytes,
             "memory_gib": round(self.memory_bytes / 1024**3, 3),
+            "seconds": seconds,
             "n_train": self.shape.n_train,
             "n_test": self.shape.n_test,
             "n_classes": self.shape.n_classes,
@@ -131,4 +165,180 @@ def estimate(request: dict[str, Any], shape: Shape) -> Estimate:
             mem += m * k * p * F32 + 3 * (m * k) ** 2 * F64
         else:
             mem += m * k * p * F32 + 3 * m * m * F64
-    return Estimate(parameters=p, memory_bytes=int(mem + RUNTIME_BYTES), shape=shape, notes=notes)
+    return Estimate(
+        parameters=p,
+        memory_bytes=int(mem + RUNTIME_BYTES),
+        shape=shape,
+        notes=notes,
+        seconds=estimate_seconds(request, shape),
+    )
+
+
+def _train_seconds(epochs: int, n: int, p: int, batch_size: int, networks: float = 1.0) -> float:
+    """Mini-batch training with a per-epoch evaluation pass (a forward, about 1/3 of a step)."""
+    r = RATES
+    work = networks * epochs * n * p * (1 + 1 / 3)
+    steps = networks * epochs * -(-n // max(batch_size, 1))
+    return work / r["train_sample_epoch_params_per_s"] + steps * r["train_step_seconds"]
+
+
+def _kernel_seconds(rows: int, p: int, side: int, k: int = 1) -> float:
+    """Jacobians of ``rows`` samples (k logits each), a side x side Gram and its Cholesky."""
+    r = RATES
+    return (
+        rows * k * p / r["jacobian_sample_class_params_per_s"]
+        + 2.0 * side * side * p / r["gemm_flop_per_s"]
+        + side**3 / 3 / r["cholesky_flop_per_s"]
+    )
+
+
+def estimate_seconds(request: dict[str, Any], shape: Shape) -> float:
+    """Point estimate of a job's run time in seconds from :data:`RATES` (order of magnitude:
+    the dominant trainings and kernel algebra of each kind; see docs/api.md)."""
+    kind = request["kind"]
+    params = request.get("params") or {}
+    p = parameter_count(request["model"], shape)
+    n, k = shape.n_train, shape.n_classes
+    batch = int(params.get("batch_size", 64))
+    r = RATES
+    t = r["job_overhead_seconds"]
+    if kind == "training-dynamics":
+        t += (
+            _train_seconds(int(params.get("epochs", 30)), n, p, batch)
+            + 3 * n * p / r["train_sample_epoch_params_per_s"]
+        )
+    elif kind == "sample-information":
+        m = min(shape.n_test or 0, int(params.get("eval_size", 1000)))
+        nk = n * k
+        if params.get("method", "exact") == "exact":
+            t += _kernel_seconds(n + m, p, nk, k) + 2.0 * m * k * nk * p / r["gemm_flop_per_s"]
+            if params.get("t") is not None:
+                t += 9 * nk**3 / r["cholesky_flop_per_s"]  # eigendecomposition ~ 9 (nk)^3
+        else:
+            d = int(params.get("projection_dim", 2048))
+            t += (n + m) * k * p / r["jacobian_sample_class_params_per_s"]
+            t += 2.0 * (n + m) * k * p * d / r["gemm_flop_per_s"] + 2 * nk * d * d / r["gemm_flop_per_s"]
+        gt = params.get("ground_truth")
+        if isinstance(gt, dict) and params.get("t") is not None:
+            t += (
+                (min(int(gt.get("subset", 50)), n) + 1)
+                * int(params["t"])
+                * n
+                * p
+                * 3
+                / r["train_sample_epoch_params_per_s"]
+            )
+    elif kind == "fcmi-bound":
+        k1, k2 = int(params.get("k1", 3)), int(params.get("k2", 30))
+        epochs = int(params.get("epochs", 100))
+        for size in params.get("n") or [50, 100, 200, 400]:
+            units = k1 * k2
+            if params.get("learner", "model") == "1nn":
+                t += units * (
+                    r["unit_overhead_seconds"] + 4 * size * size * shape.features / r["gemm_flop_per_s"]
+                )
+            else:
+                t += units * (r["unit_overhead_seconds"] + _train_seconds(epochs, int(size), p, batch))
+    elif kind == "limit":
+        epochs = int(params.get("epochs", 300))
+        networks = 2.0 + (1.0 if params.get("baseline", True) else 0.0)  # classifier, q, baseline
+        t += _train_seconds(epochs, n, p, int(params.get("batch_size", 256)), networks)
+    elif kind in ("supervision-complexity", "distillation"):
+        teacher = params.get("teacher") or request["model"]
+        teacher_p = parameter_count(teacher, shape)
+        t += _train_seconds(int(params.get("teacher_epochs", 50)), n, teacher_p, batch)
+        m = min(n, int(params.get("subsample", 1000 if kind == "supervision-complexity" else 500)))
+        side = m * k if params.get("kernel") == "full" else m
+        if kind == "supervision-complexity":
+            ckpts = params.get("student_checkpoints") or [0]
+            t += _train_seconds(max(ckpts), n, p, batch)
+            t += len(ckpts) * _kernel_seconds(m, p, side, k)
+        else:
+            runs = int(params.get("seeds", 3)) * len(params.get("mode") or ["none", "offline", "online"])
+            epochs = int(params.get("epochs", 50))
+            t += runs * _train_seconds(epochs, n, p, batch)
+            curves = params.get("curve_epochs")
+            t += runs * (5 if curves is None else len(curves)) * _kernel_seconds(m, p, side, k)
+    return float(t)
+
+
+@dataclass
+class DatasetFacts:
+    """What the checks need to know about a dataset besides its shape."""
+
+    builtin: bool
+    has_truth: bool = False
+
+
+def dataset_checks(
+    request: dict[str, Any], shape: Shape, facts: DatasetFacts, params_set: frozenset[str] = frozenset()
+) -> list[dict[str, str]]:
+    """Checks that need only the request and the dataset's record, made at submit and by
+    ``POST /v1/jobs:estimate``, so that a job that would fail minutes later is refused at
+    once. Returns problems as ``{"field", "detail"}``; empty when the request fits.
+
+    request: a validated job request as JSON. params_set: the ``params`` fields the user
+    gave (a default that does not fit is named as a default).
+    """
+    problems: list[dict[str, str]] = []
+    kind = request["kind"]
+    params = request.get("params") or {}
+
+    def given(name: str) -> str:
+        return "" if name in params_set else " (the default)"
+
+    n = shape.n_train
+    if kind == "fcmi-bound":
+        largest = max(params.get("n") or [0])
+        if 2 * largest > n:
+            problems.append(
+                {
+                    "field": "params.n",
+                    "detail": f"The 'n' parameter of fcmi-bound must have 2 * max(n) <= {n}, the training "
+                    f"rows of this dataset: each supersample draws 2n of them. Got "
+                    f"{params.get('n')}{given('n')}; use sizes up to {n // 2}.",
+                }
+            )
+    if kind == "sample-information" and shape.n_test == 0 and "predictions" in (params.get("measures") or []):
+        problems.append(
+            {
+                "field": "params.measures",
+                "detail": "The 'measures' parameter of sample-information may include 'predictions' only "
+                f"when the dataset has a test split; this one has none. Got {params.get('measures')}"
+                f'{given("measures")}; use ["weights"] or upload test rows.',
+            }
+        )
+    if kind == "limit" and params.get("clean_validation") and not (facts.builtin or facts.has_truth):
+        problems.append(
+            {
+                "field": "params.clean_validation",
+                "detail": "The 'clean_validation' parameter of limit needs the clean labels, which this "
+                "upload does not have: set it to false, or upload the true labels with truth_column.",
+            }
+        )
+    models = [("model", request["model"])]
+    if kind in ("supervision-complexity", "distillation") and isinstance(params.get("teacher"), dict):
+        models.append(("params.teacher", params["teacher"]))
+    for where, model in models:
+        if model.get("arch") != "cnn":
+            continue
+        given_shape = model.get("input_shape")
+        if given_shape:
+            if math.prod(given_shape) != shape.features:
+                problems.append(
+                    {
+                        "field": f"{where}.input_shape",
+                        "detail": f"The cnn's 'input_shape' {given_shape} holds {math.prod(given_shape)} "
+                        f"values, but each sample has {shape.features} features.",
+                    }
+                )
+        elif len(shape.input_shape) == 1 and math.isqrt(shape.features) ** 2 != shape.features:
+            problems.append(
+                {
+                    "field": f"{where}.arch",
+                    "detail": f"A cnn needs image-shaped inputs (C, H, W); this dataset has flat "
+                    f"features ({shape.features}, not a square). Use an 'mlp' or 'linear' model, or "
+                    "give the cnn an 'input_shape' whose product is the feature count.",
+                }
+            )
+    return problems

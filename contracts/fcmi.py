@@ -1,4 +1,4 @@
-"""Params of the ``fcmi-bound`` job kind (SCIENCE.md section 3).
+"""Params of the ``fcmi-bound`` job kind (docs/science.md §3).
 
 Each of the ``len(n) * k1 * k2`` trainings is an independent unit keyed by
 (n, supersample seed, selector seed) plus the training recipe; see

@@ -1,4 +1,4 @@
-"""Params of the ``limit`` job kind (SCIENCE.md section 4; docs/jobs/limit.md)."""
+"""Params of the ``limit`` job kind (docs/science.md §4; docs/jobs/limit.md)."""
 
 from __future__ import annotations
 

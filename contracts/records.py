@@ -63,6 +63,26 @@ class DatasetRecord(BaseModel):
     filename: str | None = None
     size_bytes: int
     created_at: datetime
+    # Descriptive fields (kept in the dataset row's JSON meta); None on records made before
+    # they existed.
+    feature_names: list[str] | None = Field(default=None, description="table columns used as features")
+    class_names: list[str] | None = Field(
+        default=None, description="original label of class 0..k-1 (text labels, remap_labels)"
+    )
+    class_counts: list[int] | None = Field(default=None, description="training rows per class")
+    has_ids: bool | None = None
+    has_truth: bool | None = Field(default=None, description="true labels were given (truth_column)")
+    n_mislabeled: int | None = Field(default=None, description="training rows whose label != truth")
+    warnings: list[str] = Field(default_factory=list)
+    standardization: dict[str, Any] | None = Field(
+        default=None, description="z-score statistics of the training split (standardize=true)"
+    )
+    options: dict[str, Any] | None = Field(default=None, description="the upload options used")
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetRecord]
+    next_cursor: str | None = None
 
 
 class JobList(BaseModel):

@@ -1,4 +1,4 @@
-"""Params of the ``sample-information`` job kind (SI and F-SI, SCIENCE.md section 2).
+"""Params of the ``sample-information`` job kind (SI and F-SI, docs/science.md §2).
 
 Conventions: ``lr`` and ``l2`` belong to the *mean* loss (1/n)Σ½‖f−y‖² + ½·l2·‖w−w₀‖²;
 the closed forms use η = lr/n and λ = n·l2. Defaults and why: docs/jobs/sample-information.md.

@@ -13,12 +13,19 @@ memorizes the flipped labels (train accuracy about 0.8 on the noisy labels).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, model_validator
 
 from .common import Optimizer, Strict
 
 KIND = "training-dynamics"
 SCORE_COLUMNS = ("loss", "margin", "el2n", "grand", "forgetting_events")
+# The per-sample table: the scores, then never_learned (never predicted correctly at the end
+# of an epoch). Ranking rule for forgetting: never-learned rows first, then by
+# forgetting_events, as the summary's auroc_noisy.forgetting_events ranks them.
+TABLE_COLUMNS = (*SCORE_COLUMNS, "never_learned")
+EL2N_EPOCH_DEFAULT = 5
 
 
 class TrainingDynamicsParams(Strict):
@@ -28,8 +35,20 @@ class TrainingDynamicsParams(Strict):
     optimizer: Optimizer = Field(default="adam", description="adam, or sgd with momentum 0.9")
     weight_decay: float = Field(default=0.0, ge=0.0, le=10.0, description="L2 penalty of the optimizer")
     el2n_epoch: int = Field(
-        default=5, ge=0, le=2000, description="epoch (0 = at init) at which el2n and grand are taken"
+        default=EL2N_EPOCH_DEFAULT,
+        ge=0,
+        le=2000,
+        description=f"epoch (0 = at init) at which el2n and grand are taken; default "
+        f"min({EL2N_EPOCH_DEFAULT}, epochs)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _el2n_default_follows_epochs(cls, data: Any) -> Any:
+        # A default never contradicts a value the user set: el2n_epoch follows epochs.
+        if isinstance(data, dict) and "el2n_epoch" not in data and isinstance(data.get("epochs"), int):
+            data = {**data, "el2n_epoch": max(0, min(EL2N_EPOCH_DEFAULT, data["epochs"]))}
+        return data
 
     @model_validator(mode="after")
     def _el2n_within_training(self) -> TrainingDynamicsParams:

@@ -1,4 +1,4 @@
-"""Supervision complexity and knowledge distillation (SCIENCE.md 5; arXiv 2301.12245).
+"""Supervision complexity and knowledge distillation (docs/science.md §5; arXiv 2301.12245).
 
 Glossary: **n** training samples, **k** classes, **p** student parameters, **m** size of
 the seeded subsample on which the student's NTK is formed.

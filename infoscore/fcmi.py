@@ -1,4 +1,4 @@
-"""Sample-wise f-CMI generalization bounds for black-box classifiers (SCIENCE.md section 3).
+"""Sample-wise f-CMI generalization bounds for black-box classifiers (docs/science.md §3).
 
 Glossary: **n** pairs in a supersample (the training-set size), **K** classes, **k1**
 supersamples, **k2** selector draws per supersample. Information is in nats.
@@ -374,7 +374,7 @@ def binary_kl_test_error_bound(
 ) -> float:
     """[unverified, experimental] The largest test error L with d(e || (e + L)/2) <= c, capped at 1.
 
-    e = ``empirical_error`` in [0, 1], c = ``info_per_sample`` (nats). SCIENCE.md 3.2 item 3
+    e = ``empirical_error`` in [0, 1], c = ``info_per_sample`` (nats). docs/science.md §3.2 item 3
     states d(E L_emp || (E L_emp + E L_test)/2) <= f-CMI_D / n; for e = 0 this is
     L <= 2 (1 - exp(-c)). Not verified against the paper; never an acceptance target.
     """

@@ -1,4 +1,4 @@
-"""Ground truth for SI / F-SI: actually retrain without sample i (SCIENCE.md section 2.6).
+"""Ground truth for SI / F-SI: actually retrain without sample i (docs/science.md §2.6).
 
 Glossary: **n** samples, **k** outputs, **p** parameters, **m** held-out inputs, **s**
 samples in the checked subset.

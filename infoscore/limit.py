@@ -1,4 +1,4 @@
-"""LIMIT: limiting label-noise information in the weights (SCIENCE.md section 4).
+"""LIMIT: limiting label-noise information in the weights (docs/science.md §4).
 
 Glossary: **n** training rows, **k** classes, **m** test rows. Information is in bits here
 (Fano's inequality is stated in bits), everything else as in the rest of infoscore.
@@ -59,7 +59,7 @@ FANO_GRID = np.round(np.arange(999, 0, -1) / 1000.0, 3)  # 0.999, 0.998, ..., 0.
 class QLaw(StrEnum):
     """Distance D between predicted and true logit gradients in the q loss."""
 
-    LAPLACE = "laplace"  # default (project choice, SCIENCE.md 4.3): L1, i.e. MAE, robust to flipped labels
+    LAPLACE = "laplace"  # default (our choice, docs/science.md §4.3): L1 (MAE), robust to flipped labels
     GAUSSIAN = "gaussian"  # squared L2, i.e. the Brier score
 
 
@@ -471,7 +471,7 @@ class EpochTracker:
 
 @dataclass(frozen=True)
 class LimitConfig:
-    """LIMIT hyperparameters: Adam 1e-3, batch 256 and Laplace as in SCIENCE.md 4.3.
+    """LIMIT hyperparameters: Adam 1e-3, batch 256 and Laplace as in docs/science.md §4.3.
 
     β = 30 and 300 epochs were chosen on digits (docs/benchmarks/limit.md): β ≤ 1 lets
     q memorize flipped labels at 80% noise; β = 10 and 30 tie on test accuracy, and only

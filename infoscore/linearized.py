@@ -1,4 +1,4 @@
-"""Closed-form gradient-descent dynamics of a linearized network (SCIENCE.md section 2.2).
+"""Closed-form gradient-descent dynamics of a linearized network (docs/science.md §2.2).
 
 Glossary: **n** samples, **k** outputs, **p** parameters, N = n*k. The network is
 linearized at its reference weights w₀: f_w(x) ≈ f₀(x) + J(x)(w − w₀), J stacked
@@ -45,7 +45,7 @@ TimeMode = Literal["discrete", "continuous"]
 LooLambda = Literal["same", "rescaled"]
 TIME_MODES: tuple[str, ...] = ("discrete", "continuous")
 LOO_LAMBDAS: tuple[str, ...] = ("same", "rescaled")
-# Jitter ladder ε for Cholesky, relative to tr(A)/N (SCIENCE.md section 1).
+# Jitter ladder ε for Cholesky, relative to tr(A)/N (docs/science.md §1).
 JITTER_LADDER: tuple[float, ...] = (0.0, 1e-12, 1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6)
 
 

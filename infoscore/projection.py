@@ -1,4 +1,4 @@
-"""Seeded random projections of per-sample Jacobians (SCIENCE.md section 2.5, TRAK-style).
+"""Seeded random projections of per-sample Jacobians (docs/science.md §2.5, TRAK-style).
 
 Glossary: **n** samples, **k** outputs, **p** parameters, **d** projection dimension.
 R ∈ R^{p×d} has i.i.d. entries ±1/√d (``rademacher``, the default: cheapest to draw, same

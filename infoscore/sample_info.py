@@ -1,6 +1,6 @@
 """Smooth sample information (SI) and functional SI (F-SI) by exact leave-one-out (LOO).
 
-SCIENCE.md section 2. Glossary: **n** samples, **k** outputs, **p** parameters, N = n*k,
+docs/science.md §2. Glossary: **n** samples, **k** outputs, **p** parameters, N = n*k,
 **m** held-out inputs, **d** projection dimension. Information is in nats.
 
 For the linearized network trained by GD on MSE with one-hot targets (see
@@ -62,7 +62,7 @@ MEASURES: tuple[str, ...] = ("weights", "predictions", "weights_full")
 METHODS: tuple[str, ...] = ("exact", "projected")
 
 # Defaults (documented in docs/jobs/sample-information.md).
-# λ = scale · tr(Θ)/(nk) when l2 is None. exact: 1e-3 (digits AUROC 0.975 in SCIENCE 2.8, 0.988 measured).
+# λ = scale · tr(Θ)/(nk) when l2 is None. exact: 1e-3 (digits AUROC 0.975 in docs/science.md §2.8, 0.988 measured).
 # projected: 1.0; below it the tail of Θ that Φ = JR loses (nk > d) dominates the ridge and the scores
 # stop tracking the exact ones (Spearman 0.31 at 1e-3 vs 0.82 at 1, d = 1024; 0.56 vs 0.95, d = 4096).
 DEFAULT_L2_AUTO_SCALE: dict[str, float] = {"exact": 1e-3, "projected": 1.0}
@@ -113,7 +113,7 @@ def _extreme_eigs(a: Tensor, factor: Tensor, shift: float = 0.0, iters: int = 30
 
 
 def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float) -> KernelLoo:
-    """Exact LOO at t = ∞ (SCIENCE 2.3), independent of p.
+    """Exact LOO at t = ∞ (docs/science.md §2.3), independent of p.
 
     theta (N, N) float64, r0 (N,) -> KernelLoo. A = Θ + λI is Cholesky-factored (with the
     jitter ladder); the jitter is part of the ridge, so ΘP = I − (λ + jitter)P is used.
@@ -155,7 +155,7 @@ def loo_finite(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> KernelLoo:
-    """Exact LOO after t GD steps (SCIENCE 2.4): one ``eigh`` of A₋ᵢ,₋ᵢ per i.
+    """Exact LOO after t GD steps (docs/science.md §2.4): one ``eigh`` of A₋ᵢ,₋ᵢ per i.
 
     theta (N, N) float64, r0 (N,). The full run uses (η, λ); each LOO run (η_loo, λ_loo).
     """
@@ -221,7 +221,7 @@ def loo_primal(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> PrimalLoo:
-    """Exact LOO for the linear model r₀ + Φv with ridge λ (SCIENCE 2.5, primal route).
+    """Exact LOO for the linear model r₀ + Φv with ridge λ (docs/science.md §2.5, primal route).
 
     phi (N, d) any float dtype (cast to float64 chunk by chunk), r0 (N,), phi_eval (M', d)
     or None. t = ∞ uses Woodbury with M = ΦᵀΦ + λI; finite t one ``eigh`` per i. The

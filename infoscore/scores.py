@@ -24,8 +24,10 @@ Scores
     predicted in eval mode; a forgetting event is a transition correct (epoch e-1) ->
     incorrect (epoch e), for e = 2..E. The state at init (epoch 0) is not counted, so the
     random guesses of an untrained model do not count as learned. Samples never predicted
-    correctly count 0 events here (Toneva et al. rank them as infinitely forgettable); see
-    ``TrainingDynamicsResult.never_learned``. The paper evaluates each sample when its
+    correctly count 0 events here and are flagged by ``TrainingDynamicsResult.never_learned``
+    (the ``never_learned`` column of the job's table). Ranking rule (Toneva et al. rank
+    never-learned samples as infinitely forgettable): never-learned samples first, then by
+    ``forgetting_events``; :func:`forgetting_rank` gives the score that ranks so. The paper evaluates each sample when its
     mini-batch is presented, in train mode; end-of-epoch evaluation is deterministic and
     independent of the batch order.
 
@@ -263,6 +265,18 @@ def training_dynamics(
     )
 
 
+def forgetting_rank(forgetting_events: np.ndarray, never_learned: np.ndarray, epochs: int) -> np.ndarray:
+    """(n,) counts and (n,) bool -> (n,) float64: larger = more forgettable.
+
+    A never-learned sample scores ``epochs``, more than any count can reach (an event needs a
+    correct epoch before it, so at most epochs // 2 events). Use it to rank a job's table:
+    the summary's ``auroc_noisy.forgetting_events`` is computed from it.
+    """
+    return np.where(
+        np.asarray(never_learned, dtype=bool), float(epochs), np.asarray(forgetting_events, dtype=np.float64)
+    )
+
+
 def suspicion_scores(result: TrainingDynamicsResult) -> dict[str, np.ndarray]:
     """Each score oriented so that larger = more likely hard or mislabeled: name -> (n,) float64.
 
@@ -271,9 +285,7 @@ def suspicion_scores(result: TrainingDynamicsResult) -> dict[str, np.ndarray]:
     sample can reach: a forgetting event needs a correct epoch before it).
     """
     s = result.scores
-    forgetting = np.where(
-        result.never_learned, float(result.epochs), s["forgetting_events"].astype(np.float64)
-    )
+    forgetting = forgetting_rank(s["forgetting_events"], result.never_learned, result.epochs)
     return {
         "loss": s["loss"],
         "margin": -s["margin"],

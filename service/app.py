@@ -20,16 +20,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, File, Header, Query, Request, Response, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from contracts import tasks as names
-from contracts.estimate import Estimate, Shape, builtin_shape, estimate
+from contracts.estimate import DatasetFacts, Estimate, Shape, builtin_shape, dataset_checks, estimate
 from contracts.jobs import JOB_KINDS, JobRequest, request_fingerprint
 from contracts.problems import PROBLEM_MEDIA_TYPE, problem
-from contracts.records import DatasetRecord, JobList, JobRecord, JobState, ResultPage
+from contracts.records import DatasetList, DatasetRecord, JobList, JobRecord, JobState, ResultPage
 from store.artifacts import ArtifactStore, regular_file, valid_artifact_name
 from store.db import TERMINAL_STATES, ActiveJobLimit, JobStore
 from store.settings import ServiceSettings
@@ -37,6 +37,7 @@ from store.settings import ServiceSettings
 from . import metrics
 from .auth import Caller, KeyResolver, RateLimiter, authenticate
 from .errors import BodyLimitMiddleware, ProblemError, install_handlers, problem_response
+from .suggest import closest_name
 from .supervisor import is_loopback
 
 log = logging.getLogger("infoscore.api")
@@ -226,6 +227,12 @@ def _job_record(job: dict[str, Any]) -> JobRecord:
 
 
 def _estimate(gw: Gateway, job: Any, tenant: str) -> Estimate:
+    return _estimate_and_checks(gw, job, tenant)[0]
+
+
+def _estimate_and_checks(gw: Gateway, job: Any, tenant: str) -> tuple[Estimate, list[dict[str, str]]]:
+    """The resource estimate and the checks that need the dataset's record (see
+    contracts.estimate.dataset_checks)."""
     if isinstance(job.dataset, str):
         record = gw.store.get_dataset(job.dataset, tenant)
         if record is None:
@@ -243,9 +250,24 @@ def _estimate(gw: Gateway, job: Any, tenant: str) -> Estimate:
             record["n_classes"],
             record["input_shape"],
         )
+        facts = DatasetFacts(builtin=False, has_truth=bool(record.get("has_truth")))
     else:
         shape = builtin_shape(job.dataset.model_dump())
-    return estimate(job.model_dump(mode="json"), shape)
+        facts = DatasetFacts(builtin=True)
+    request = job.model_dump(mode="json")
+    checks = dataset_checks(request, shape, facts, frozenset(job.params.model_fields_set))
+    return estimate(request, shape), checks
+
+
+def _raise_checks(checks: list[dict[str, str]]) -> None:
+    if checks:
+        raise ProblemError(
+            422,
+            " ".join(c["detail"] for c in checks),
+            type_="invalid-for-dataset",
+            field=checks[0]["field"],
+            errors=[{"loc": c["field"], "msg": c["detail"], "type": "invalid-for-dataset"} for c in checks],
+        )
 
 
 def _check_limits(gw: Gateway, est: Estimate) -> None:
@@ -298,6 +320,15 @@ def _load_table(gw: Gateway, job_id: str) -> Any:
     )
 
 
+def _class_names(gw: Gateway, job: dict[str, Any], tenant: str) -> list[str] | None:
+    ref = (job.get("request") or {}).get("dataset")
+    if not isinstance(ref, str):
+        return None
+    record = gw.store.get_dataset(ref, tenant)
+    names = None if record is None else record.get("class_names")
+    return names if isinstance(names, list) else None
+
+
 def _storage_error(exc: OSError) -> ProblemError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ProblemError(
@@ -336,6 +367,50 @@ def _get_job_or_404(gw: Gateway, job_id: str, tenant: str) -> dict[str, Any]:
     return job
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def _docs_assets_dir() -> Path:
+    """Swagger UI and ReDoc's files, as shipped by the fastapi-offline wheel (found without
+    importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the fastapi-offline package (Swagger UI and ReDoc files) is not installed")
+    return Path(spec.origin).parent / "static"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with every asset served by this service."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=_docs_assets_dir()), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            # no badge that would ask validator.swagger.io about the spec
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> Response:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     if settings.auth != "required" and not is_loopback(settings.host):
@@ -357,7 +432,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             "smooth sample information, f-CMI bounds, LIMIT and supervision complexity as jobs."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served below from files in the package: no CDN, works offline
+        redoc_url=None,
     )
+    _offline_docs(app)
     app.state.gateway = Gateway(settings)
     install_handlers(app)
 
@@ -425,9 +503,53 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         gw: GatewayDep,
         tenant: TenantDep,
         response: Response,
-        file: Annotated[UploadFile, File(description="npz (x, y, x_test?, y_test?, ids?), CSV or Parquet")],
+        file: Annotated[
+            UploadFile, File(description="npz (x, y, x_test?, y_test?, ids?, y_true?), CSV or Parquet")
+        ],
+        label_column: Annotated[str | None, Form(max_length=200, description="default 'label'")] = None,
+        id_column: Annotated[str | None, Form(max_length=200, description="default 'id' if present")] = None,
+        feature_columns: Annotated[
+            list[str] | None, Form(description="comma-separated (or repeated): exactly these features")
+        ] = None,
+        exclude_columns: Annotated[
+            list[str] | None, Form(description="comma-separated (or repeated): columns to drop")
+        ] = None,
+        truth_column: Annotated[
+            str | None, Form(max_length=200, description="true labels of the training rows, for evaluation")
+        ] = None,
+        standardize: Annotated[
+            bool, Form(description="z-score features with the training split's statistics")
+        ] = False,
+        remap_labels: Annotated[
+            bool, Form(description="map the distinct labels, sorted, to 0..k-1 (class_names keep them)")
+        ] = False,
     ) -> DatasetRecord:
-        from .uploads import UploadError, UploadLimits, UploadTooLarge, parse_upload, write_canonical_npz
+        from .uploads import (
+            UploadError,
+            UploadLimits,
+            UploadOptions,
+            UploadTooLarge,
+            parse_upload,
+            write_canonical_npz,
+        )
+
+        def column_list(values: list[str] | None) -> tuple[str, ...] | None:
+            if values is None:
+                return None
+            names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+            if len(names) > 100_000:
+                raise ProblemError(422, "Column lists are limited to 100000 names.", type_="invalid-upload")
+            return names
+
+        options = UploadOptions(
+            label_column=label_column or "label",
+            id_column=id_column or None,
+            feature_columns=column_list(feature_columns),
+            exclude_columns=column_list(exclude_columns) or (),
+            truth_column=truth_column or None,
+            standardize=standardize,
+            remap_labels=remap_labels,
+        )
 
         tmp_dir = gw.artifacts.tmp_dir()
         fd, tmp_name = tempfile.mkstemp(prefix="upload-", dir=tmp_dir)
@@ -450,7 +572,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             if size == 0:
                 raise ProblemError(422, "The uploaded 'file' is empty.", type_="invalid-upload", field="file")
             sha = digest.hexdigest()
-            dataset_id = f"ds_{sha[:32]}"
+            # The id is the content hash, and the options' hash too when any is set: one file
+            # read two ways is two datasets.
+            if options == UploadOptions():
+                dataset_id = f"ds_{sha[:32]}"
+            else:
+                keyed = json.dumps({"sha256": sha, "options": options.as_dict()}, sort_keys=True)
+                dataset_id = f"ds_{hashlib.sha256(keyed.encode()).hexdigest()[:32]}"
             existing = gw.store.get_dataset(dataset_id, tenant)
             if existing is not None and gw.artifacts.dataset_path(dataset_id).exists():
                 response.status_code = 200
@@ -458,7 +586,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             _check_storage_quota(gw, tenant, size)
             limits = UploadLimits(max_bytes=gw.settings.max_upload_bytes)
             try:
-                parsed = await run_in_threadpool(parse_upload, tmp_path, file.filename, limits)
+                parsed = await run_in_threadpool(parse_upload, tmp_path, file.filename, limits, options)
             except UploadTooLarge as exc:
                 raise ProblemError(413, str(exc), type_="upload-too-large", field=exc.field) from exc
             except UploadError as exc:
@@ -477,6 +605,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                     "n_classes": int(parsed.n_classes),
                     "input_shape": [int(s) for s in parsed.input_shape],
                     "size_bytes": size,
+                    **parsed.describe(),
+                    "options": options.as_dict(),
                 },
                 tenant,
             )
@@ -486,6 +616,29 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             raise _storage_error(exc) from exc
         finally:
             tmp_path.unlink(missing_ok=True)
+
+    @app.get("/v1/datasets", response_model=DatasetList, tags=["datasets"])
+    def list_datasets(
+        gw: GatewayDep,
+        tenant: TenantDep,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(max_length=500)] = None,
+    ) -> DatasetList:
+        """This tenant's datasets, newest first, paged by ``limit`` and ``cursor``."""
+        before = None
+        if cursor:
+            c = _decode_cursor(cursor)
+            try:
+                before = (datetime.fromisoformat(c["t"]).replace(tzinfo=None), str(c["id"]))
+            except Exception as exc:
+                raise ProblemError(400, "The 'cursor' parameter is malformed.", type_="bad-cursor") from exc
+        rows = gw.store.list_datasets(tenant=tenant, limit=limit + 1, before=before)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            next_cursor = _encode_cursor({"t": last["created_at"].isoformat(), "id": last["id"]})
+        return DatasetList(items=[DatasetRecord(**r) for r in rows], next_cursor=next_cursor)
 
     @app.get("/v1/datasets/{dataset_id}", response_model=DatasetRecord, tags=["datasets"])
     def get_dataset(dataset_id: str, gw: GatewayDep, tenant: TenantDep) -> DatasetRecord:
@@ -537,7 +690,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                     metrics.JOBS_SUBMITTED.labels(kind=job.kind).inc()
                     prior = gw.store.get_job(prior["id"]) or prior
                 return _job_record(prior)
-        _check_limits(gw, _estimate(gw, job, tenant))
+        est, checks = _estimate_and_checks(gw, job, tenant)
+        _raise_checks(checks)
+        _check_limits(gw, est)
         try:
             row = gw.store.create_job(
                 kind=job.kind,
@@ -574,14 +729,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.post("/v1/jobs:estimate", tags=["jobs"])
     def estimate_job(job: Annotated[JobRequest, Body()], gw: GatewayDep, tenant: TenantDep) -> dict[str, Any]:
         """Dry run: validate the request and estimate its resources without running it."""
-        est = _estimate(gw, job, tenant)
+        est, checks = _estimate_and_checks(gw, job, tenant)
         out = est.as_dict()
+        out["problems"] = checks
         out["limits"] = {
             "parameters": gw.settings.max_parameters,
             "memory_bytes": gw.settings.max_job_memory_bytes,
         }
         out["fits"] = (
-            est.parameters <= gw.settings.max_parameters
+            not checks
+            and est.parameters <= gw.settings.max_parameters
             and est.memory_bytes <= gw.settings.max_job_memory_bytes
         )
         return out
@@ -681,16 +838,34 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 state=job["state"],
             )
         table = _load_table(gw, job_id)
+        # One sort rule for every kind: a column of this job's table, or a 422 naming them
+        # (a kind without a per-sample table has none to sort by).
+        columns = [] if table is None else [str(c) for c in table.columns]
+        if sort is not None and sort not in columns:
+            hint = (
+                f"; a {job['kind']} job has no per-sample table, so no sort applies"
+                if table is None
+                else closest_name(sort, columns)
+            )
+            raise ProblemError(
+                422,
+                f"The 'sort' parameter must be one of {columns}. Got {sort!r}{hint}.",
+                type_="bad-sort",
+                field="sort",
+            )
         if table is None:
             return ResultPage(job_id=job_id, summary=job["summary"], columns=[], rows=[], total_rows=0)
+        class_names = _class_names(gw, job, tenant)
+        if class_names is not None and "label" in table.columns and "label_name" not in table.columns:
+            # Uploads with text labels (or remap_labels): show the original names beside the codes.
+            codes = table["label"].to_numpy()
+            names_arr = [class_names[int(c)] if 0 <= int(c) < len(class_names) else None for c in codes]
+            table.insert(int(table.columns.get_loc("label")) + 1, "label_name", names_arr)
         if sort is not None:
-            if sort not in table.columns:
-                raise ProblemError(
-                    422,
-                    f"The 'sort' parameter must be one of {list(table.columns)}. Got {sort!r}.",
-                    type_="bad-sort",
-                )
-            table = table.sort_values(sort, ascending=(order == "asc"), kind="stable")
+            keys = [sort]
+            if sort == "forgetting_events" and "never_learned" in table.columns:
+                keys = ["never_learned", sort]  # the documented ranking: never-learned rows first
+            table = table.sort_values(keys, ascending=(order == "asc"), kind="stable")
         offset = 0
         if cursor:
             c = _decode_cursor(cursor)

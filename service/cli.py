@@ -1,22 +1,34 @@
 """The ``infoscore`` command: ``up`` (embedded mode), ``api`` and ``worker`` (one role
 each, configured by ``INFOSCORE_*`` environment variables), and ``upload``, ``submit``,
-``status``, ``wait``, ``result`` against a running API."""
+``status``, ``wait``, ``result``, ``datasets`` against a running API (``--url`` or
+``INFOSCORE_URL``, default http://127.0.0.1:8000)."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+DEFAULT_URL = "http://127.0.0.1:8000"
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="infoscore: sample information as a service."
+    add_completion=False,
+    no_args_is_help=True,
+    help="infoscore: sample information as a service.\n\n"
+    f"The client commands talk to {DEFAULT_URL} unless --url or the INFOSCORE_URL environment "
+    "variable says otherwise (after `make up PORT=8123`: export INFOSCORE_URL=http://127.0.0.1:8123).",
 )
 
-UrlOpt = Annotated[str, typer.Option("--url", envvar="INFOSCORE_URL", help="API base URL")]
+UrlOpt = Annotated[
+    str,
+    typer.Option(
+        "--url", envvar="INFOSCORE_URL", show_envvar=True, help="API base URL (or set INFOSCORE_URL)"
+    ),
+]
 KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="INFOSCORE_API_KEY", help="Bearer key")]
 
 
@@ -135,9 +147,149 @@ def worker(
 
 @app.command()
 @_api_errors
-def upload(path: Path, url: UrlOpt = "http://127.0.0.1:8000", api_key: KeyOpt = None) -> None:
+def upload(
+    path: Path,
+    label_column: Annotated[str | None, typer.Option(help="column of the labels (default 'label')")] = None,
+    id_column: Annotated[str | None, typer.Option(help="column of the ids (default 'id' if present)")] = None,
+    feature_columns: Annotated[
+        str | None, typer.Option(help="comma-separated: exactly these feature columns")
+    ] = None,
+    exclude_columns: Annotated[str | None, typer.Option(help="comma-separated: columns to drop")] = None,
+    truth_column: Annotated[
+        str | None, typer.Option(help="true labels of the training rows (for evaluation)")
+    ] = None,
+    standardize: Annotated[
+        bool, typer.Option("--standardize", help="z-score features with the training statistics")
+    ] = False,
+    remap_labels: Annotated[
+        bool, typer.Option("--remap-labels", help="map the distinct labels, sorted, to 0..k-1")
+    ] = False,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
     """Upload a dataset (npz, CSV or Parquet); prints its record with the id."""
-    _print_json(_client(url, api_key).upload_dataset(path))
+    record = _client(url, api_key).upload_dataset(
+        path,
+        label_column=label_column,
+        id_column=id_column,
+        feature_columns=feature_columns.split(",") if feature_columns else None,
+        exclude_columns=exclude_columns.split(",") if exclude_columns else None,
+        truth_column=truth_column,
+        standardize=standardize,
+        remap_labels=remap_labels,
+    )
+    _print_json(record)
+    for warning in record.get("warnings") or []:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+@app.command()
+@_api_errors
+def datasets(
+    limit: Annotated[int, typer.Option(help="rows")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print the records as JSON")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """List your datasets, newest first."""
+    items = _client(url, api_key).datasets(limit=limit)
+    if as_json:
+        _print_json(items)
+        return
+    rows = [
+        {
+            "id": d["id"],
+            "filename": d.get("filename") or "",
+            "n_train": d["n_train"],
+            "n_test": d["n_test"],
+            "classes": d["n_classes"],
+            "input_shape": "x".join(map(str, d["input_shape"])),
+            "created": str(d["created_at"])[:19],
+            "warnings": len(d.get("warnings") or []),
+        }
+        for d in items
+    ]
+    typer.echo(format_table(rows, max_width=40) if rows else "no datasets yet: infoscore upload FILE")
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None, max_width: int = 24) -> str:
+    """Rows as an aligned text table; floats with 4 significant digits."""
+    columns = columns or list(rows[0])
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            text = f"{value:.4g}"
+        elif value is None:
+            text = ""
+        else:
+            text = str(value)
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[j]) for row in cells)) for j, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class ProgressBar:
+    """A live one-line progress bar on stderr: state, done/total, elapsed and ETA.
+
+    On a terminal the line is redrawn in place; otherwise (logs, CI) a line is printed only
+    when the state changes or another tenth of the work is done.
+    """
+
+    def __init__(self, stream: Any = None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self.first_done: tuple[float, int] | None = None
+        self.last_key: tuple[str, int] | None = None
+
+    def line(self, job: dict[str, Any]) -> str:
+        state = job["state"]
+        done, total = int(job["progress"]["done"]), int(job["progress"]["total"])
+        now = time.monotonic()
+        elapsed = now - self.started
+        if total > 0:
+            frac = min(1.0, done / total)
+            filled = round(frac * self.width)
+            bar = "#" * filled + "." * (self.width - filled)
+            count = f"{done}/{total} ({frac:.0%})"
+        else:
+            bar, count = "." * self.width, "-"
+        eta = "?"
+        if state in ("succeeded", "failed", "cancelled"):
+            eta = "0:00"
+        elif total > 0 and done > 0:
+            if self.first_done is None:
+                self.first_done = (now, done)
+            t0, d0 = self.first_done
+            rate = (done - d0) / (now - t0) if done > d0 and now > t0 else done / max(elapsed, 1e-9)
+            eta = _duration((total - done) / rate) if rate > 0 else "?"
+        return f"{job['id']} [{bar}] {count} {state}  elapsed {_duration(elapsed)}  ETA {eta}"
+
+    def __call__(self, job: dict[str, Any]) -> None:
+        text = self.line(job)
+        final = job["state"] in ("succeeded", "failed", "cancelled")
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
+            self.stream.flush()
+            return
+        total = int(job["progress"]["total"]) or 1
+        key = (job["state"], int(10 * int(job["progress"]["done"]) / total))
+        if key != self.last_key or final:
+            self.last_key = key
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
 
 @app.command()
@@ -146,8 +298,11 @@ def submit(
     request: Annotated[
         str, typer.Argument(help="job request as a JSON file path, '-' for stdin, or inline JSON")
     ],
-    wait: Annotated[bool, typer.Option("--wait", help="block until the job ends")] = False,
-    url: UrlOpt = "http://127.0.0.1:8000",
+    wait: Annotated[
+        bool, typer.Option("--wait", help="block until the job ends, with a progress bar on stderr")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
 ) -> None:
     """Submit a job; prints the job record (and waits with --wait)."""
@@ -165,7 +320,7 @@ def submit(
     client = _client(url, api_key)
     job = client.submit(body)
     if wait:
-        job = client.wait(job["id"])
+        job = client.wait(job["id"], on_progress=None if quiet else ProgressBar())
     _print_json(job)
     if wait and job["state"] != "succeeded":
         raise typer.Exit(1)
@@ -173,7 +328,7 @@ def submit(
 
 @app.command()
 @_api_errors
-def status(job_id: str, url: UrlOpt = "http://127.0.0.1:8000", api_key: KeyOpt = None) -> None:
+def status(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
     """Print a job's record."""
     _print_json(_client(url, api_key).get(job_id))
 
@@ -183,11 +338,13 @@ def status(job_id: str, url: UrlOpt = "http://127.0.0.1:8000", api_key: KeyOpt =
 def wait_cmd(
     job_id: str,
     timeout: Annotated[float, typer.Option(help="seconds")] = 3600.0,
-    url: UrlOpt = "http://127.0.0.1:8000",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
 ) -> None:
-    """Wait for a job to end; exit code 0 only if it succeeded."""
-    job = _client(url, api_key).wait(job_id, timeout=timeout)
+    """Wait for a job to end, showing a progress bar (state, done/total, ETA) on stderr;
+    prints the final record; exit code 0 only if it succeeded."""
+    job = _client(url, api_key).wait(job_id, timeout=timeout, on_progress=None if quiet else ProgressBar())
     _print_json(job)
     if job["state"] != "succeeded":
         raise typer.Exit(1)
@@ -202,10 +359,14 @@ def result(
     limit: Annotated[int, typer.Option(help="rows")] = 20,
     artifact: Annotated[str | None, typer.Option(help="download this artifact instead")] = None,
     out: Annotated[Path | None, typer.Option(help="write to this file")] = None,
-    url: UrlOpt = "http://127.0.0.1:8000",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the whole result page (summary and rows) as JSON")
+    ] = False,
+    url: UrlOpt = DEFAULT_URL,
     api_key: KeyOpt = None,
 ) -> None:
-    """Print a job's summary and top rows, or download an artifact (--artifact scores.csv)."""
+    """Print a job's headline numbers and a table of its top rows (--json: the whole page as
+    JSON), or download an artifact (--artifact scores.csv)."""
     client = _client(url, api_key)
     if artifact:
         data = client.artifact(job_id, artifact)
@@ -219,8 +380,48 @@ def result(
     if out:
         out.write_text(json.dumps(page, indent=2))
         typer.echo(f"wrote {out}")
-    else:
+    elif as_json:
         _print_json(page)
+    else:
+        typer.echo(result_text(page, sort=sort, order=order))
+
+
+def _headlines(summary: dict[str, Any] | None, prefix: str = "", depth: int = 0) -> list[str]:
+    """Scalar summary entries (one level into dicts such as auroc_noisy), skipping settings."""
+    lines: list[str] = []
+    for key, value in (summary or {}).items():
+        if key in ("settings", "timings") or key.startswith("_"):
+            continue
+        if isinstance(value, bool) or value is None or isinstance(value, int | str):
+            lines.append(f"{prefix}{key}: {value}")
+        elif isinstance(value, float):
+            lines.append(f"{prefix}{key}: {value:.4g}")
+        elif isinstance(value, dict) and depth == 0:
+            inner = _headlines(value, "", 1)
+            if inner and len(inner) <= 12:
+                lines.append(f"{prefix}{key}: " + ", ".join(inner))
+    return lines
+
+
+def result_text(page: dict[str, Any], *, sort: str | None = None, order: str = "desc") -> str:
+    """A result page for a terminal: the summary's headline numbers, then the top rows."""
+    out = [f"job {page['job_id']}"]
+    heads = _headlines(page.get("summary"))
+    if heads:
+        out += ["", "summary (full: --json):"] + [f"  {h}" for h in heads[:30]]
+        if len(heads) > 30:
+            out.append(f"  ... {len(heads) - 30} more (--json)")
+    rows = page.get("rows") or []
+    if rows:
+        shown = f"sorted by {sort} {order}" if sort else "in stored order (--sort COLUMN to rank)"
+        out += [
+            "",
+            f"top {len(rows)} of {page['total_rows']} rows, {shown}:",
+            format_table(rows, page["columns"]),
+        ]
+    elif page.get("total_rows", 0) == 0:
+        out += ["", "(this job has no per-sample table)"]
+    return "\n".join(out)
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (INFOSCORE_AUTH=required).")
@@ -251,6 +452,7 @@ def _key_store(data_dir: Path | None) -> Any:
 def keys_create(
     tenant: Annotated[str, typer.Option("--tenant", help="tenant the key acts for")],
     data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help='print {"id", "tenant", "key"} as JSON')] = False,
 ) -> None:
     """Create a key; prints it once (only its hash is stored)."""
     import re
@@ -259,6 +461,9 @@ def keys_create(
         typer.echo("error: --tenant must be 1-120 letters, digits, '_', '-' or '.'", err=True)
         raise typer.Exit(2)
     key_id, key = _key_store(data_dir).create_key(tenant)
+    if as_json:
+        _print_json({"id": key_id, "tenant": tenant, "key": key})
+        return
     typer.echo(f"key id: {key_id}\ntenant: {tenant}\nkey:    {key}\n(store it now: it is not shown again)")
 
 

@@ -60,8 +60,38 @@ def problem_response(
 
 
 def _loc(err: dict[str, Any]) -> str:
-    parts = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+    # Union branch labels (pydantic's "tagged-union[...]", "constrained-str") are noise to a user.
+    parts = [
+        str(p)
+        for p in err.get("loc", ())
+        if p not in ("body", "constrained-str") and not str(p).startswith(("tagged-union[", "function-"))
+    ]
     return ".".join(parts) or "body"
+
+
+def _message(request: Request, err: dict[str, Any]) -> str:
+    """pydantic's message, with the closest known field for an unknown one ("epoch" ->
+    "did you mean 'epochs'?") and the known fields listed."""
+    msg = str(err.get("msg", ""))
+    loc = [p for p in err.get("loc", ()) if p != "body"]
+    if (
+        err.get("type") != "extra_forbidden"
+        or not loc
+        or request.url.path.rstrip("/")
+        not in (
+            "/v1/jobs",
+            "/v1/jobs:estimate",
+        )
+    ):
+        return msg
+    from contracts.jobs import JobRequest
+
+    from .suggest import closest_name, known_fields, models_in
+
+    known = known_fields(models_in(JobRequest), loc[:-1])
+    if not known:
+        return msg
+    return f"Unknown field {loc[-1]!r}{closest_name(str(loc[-1]), known)}; known fields here: {known}"
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -78,7 +108,12 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": _loc(e), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        errors = [
+            {"loc": _loc(e), "msg": _message(request, e), "type": e.get("type", "")}
+            for e in exc.errors()
+            # A built-in dataset object with a bad field is not also "not a valid string".
+            if not ("constrained-str" in e.get("loc", ()) and isinstance(e.get("input"), dict))
+        ]
         detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:10]) or "invalid request"
         return problem_response(
             422, detail, instance=request.url.path, type_="validation-error", errors=errors

@@ -11,8 +11,14 @@ Rules, in order of the threats they answer:
   without allocating it. CSV row reads are capped; Parquet metadata is read before data.
 - Never unpickle: ``np.load(..., allow_pickle=False)`` always, and object dtypes are
   refused from the header.
-- Values are used as given (no normalization); they must be finite in float32, and labels
-  must be integers 0..k-1 with k = max label + 1 >= 2.
+- Values are used as given unless ``standardize`` is asked for; they must be finite in
+  float32. Labels must be integers 0..k-1 with k = max label + 1 >= 2 and every class present
+  in the training rows; text labels, and integer labels with ``remap_labels``, are mapped to
+  0..k-1 in sorted order and the originals kept as ``class_names``.
+- Mistakes that parse fine but give quietly wrong results are refused with the fix named:
+  duplicate ids, a saved row index as a feature (a column named ``index``/``Unnamed: 0``,
+  or an integer run 0..n-1), labels that skip a class. Features on very different scales
+  give a ``warnings`` entry instead (the job still runs).
 
 Every error is an :class:`UploadError` whose ``detail`` names the array or column, what
 was expected and what came, e.g. ``"Array 'y' must hold integer labels 0..k-1; got -1 at
@@ -32,7 +38,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,14 +48,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .suggest import closest_name
+
 ACCEPTED_FORMATS = (
     "npz (numpy.savez with arrays 'x', 'y' and optional 'x_test', 'y_test', 'ids'), "
     "CSV (UTF-8, comma-separated, header row with a 'label' column) or "
     "Parquet (a 'label' column)"
 )
-NPZ_ARRAYS = ("x", "y", "x_test", "y_test", "ids")
+NPZ_ARRAYS = ("x", "y", "x_test", "y_test", "ids", "y_true")
 # Written by write_canonical_npz; accepted back so that a canonical file re-uploads as is.
-NPZ_META_ARRAYS = ("n_classes", "input_shape")
+NPZ_META_ARRAYS = ("n_classes", "input_shape", "class_names", "feature_mean", "feature_std")
 LABEL_COLUMN = "label"
 SPLIT_COLUMN = "split"
 ID_COLUMN = "id"
@@ -96,6 +104,15 @@ class UploadTooLarge(UploadError):
 # The name used in the design notes for the 413 family.
 LimitExceeded = UploadTooLarge
 
+# Feature standard deviations (training split) further apart than this ratio give a
+# warning: gradient training then mostly sees the large-scale features.
+SCALE_RATIO_WARNING = 100.0
+# Standardization statistics are listed in the dataset record up to this many features
+# (always kept in the dataset file).
+MAX_STATS_IN_RECORD = 10_000
+# Names pandas gives a saved row index.
+INDEX_COLUMN_NAMES = ("index", "level_0")
+
 
 @dataclass
 class UploadLimits:
@@ -118,6 +135,47 @@ class UploadLimits:
     can exceed it: the error then suggests an uncompressed numpy.savez."""
 
 
+@dataclass(frozen=True)
+class UploadOptions:
+    """How to read an upload (multipart form fields of ``POST /v1/datasets``).
+
+    Table-only (CSV, Parquet): ``label_column``, ``id_column`` (default: ``id`` when
+    present), ``feature_columns`` (exactly these features, in this order) or
+    ``exclude_columns`` (every other column but these), ``truth_column`` (the true labels
+    of the training rows, for evaluation only: the workers then know which labels are
+    wrong, as for the built-ins' injected noise). Any format: ``standardize`` (z-score each
+    feature with the training split's mean and standard deviation; the statistics are kept
+    with the dataset) and ``remap_labels`` (map the distinct labels, sorted, to 0..k-1 and
+    keep the originals as ``class_names``; text labels are always mapped so).
+    """
+
+    label_column: str = LABEL_COLUMN
+    id_column: str | None = None
+    feature_columns: tuple[str, ...] | None = None
+    exclude_columns: tuple[str, ...] = ()
+    truth_column: str | None = None
+    standardize: bool = False
+    remap_labels: bool = False
+
+    TABLE_ONLY = ("label_column", "id_column", "feature_columns", "exclude_columns", "truth_column")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as JSON: every field, so that two records compare field by field."""
+        return {
+            "label_column": self.label_column,
+            "id_column": self.id_column,
+            "feature_columns": None if self.feature_columns is None else list(self.feature_columns),
+            "exclude_columns": list(self.exclude_columns),
+            "truth_column": self.truth_column,
+            "standardize": self.standardize,
+            "remap_labels": self.remap_labels,
+        }
+
+    def table_options_set(self) -> list[str]:
+        default = UploadOptions()
+        return [name for name in self.TABLE_ONLY if getattr(self, name) != getattr(default, name)]
+
+
 @dataclass
 class ParsedDataset:
     """A validated dataset, ready for write_canonical_npz.
@@ -134,6 +192,38 @@ class ParsedDataset:
     n_classes: int
     input_shape: tuple[int, ...]
     format: str
+    y_true: np.ndarray | None = None
+    """(n,) int64: the true labels of the training rows (truth column / npz 'y_true')."""
+    class_names: list[str] | None = None
+    feature_names: list[str] | None = None
+    warnings: list[str] = field(default_factory=list)
+    feature_mean: np.ndarray | None = None
+    """input_shape float64: the training means subtracted by ``standardize``."""
+    feature_std: np.ndarray | None = None
+    declared_classes: bool = False
+    """True when the file states n_classes (a canonical npz): empty classes are then allowed."""
+
+    def describe(self) -> dict[str, Any]:
+        """The dataset record's descriptive fields (stored in the record's ``meta``)."""
+        counts = np.bincount(self.y, minlength=self.n_classes).tolist()
+        out: dict[str, Any] = {
+            "feature_names": self.feature_names,
+            "class_names": self.class_names,
+            "class_counts": [int(c) for c in counts],
+            "has_ids": self.ids is not None,
+            "has_truth": self.y_true is not None,
+            "n_mislabeled": None if self.y_true is None else int(np.sum(self.y != self.y_true)),
+            "warnings": list(self.warnings),
+            "standardization": None,
+        }
+        if self.feature_mean is not None and self.feature_std is not None:
+            small = self.feature_mean.size <= MAX_STATS_IN_RECORD
+            out["standardization"] = {
+                "method": "z-score with the training split's mean and standard deviation (ddof 0)",
+                "mean": [float(v) for v in self.feature_mean.reshape(-1)] if small else None,
+                "std": [float(v) for v in self.feature_std.reshape(-1)] if small else None,
+            }
+        return out
 
     @property
     def n_train(self) -> int:
@@ -148,13 +238,33 @@ class ParsedDataset:
 # Entry points
 
 
-def parse_upload(path: Path, filename: str | None, limits: UploadLimits) -> ParsedDataset:
-    """Detect the format of the file at ``path`` and parse it under ``limits``.
+def parse_upload(
+    path: Path, filename: str | None, limits: UploadLimits, options: UploadOptions | None = None
+) -> ParsedDataset:
+    """Detect the format of the file at ``path`` and parse it under ``limits`` and ``options``.
 
     The format comes from the magic bytes (zip -> npz, ``PAR1`` -> Parquet, UTF-8 text ->
     CSV); ``filename``'s extension is only a hint, and a disagreement is an error.
     Raises UploadError (or UploadTooLarge) for anything a user can cause.
     """
+    options = options or UploadOptions()
+    if options.feature_columns is not None and options.exclude_columns:
+        raise UploadError(
+            "Give 'feature_columns' or 'exclude_columns', not both: feature_columns lists the "
+            "features to keep, exclude_columns the columns to drop.",
+            field="feature_columns",
+        )
+    ds = _parse_file(path, filename, limits, options)
+    _settle_labels(ds, options)
+    ds.warnings.extend(_scale_warnings(ds, options))
+    if options.standardize:
+        _standardize(ds)
+    return ds
+
+
+def _parse_file(
+    path: Path, filename: str | None, limits: UploadLimits, options: UploadOptions
+) -> ParsedDataset:
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -168,10 +278,122 @@ def parse_upload(path: Path, filename: str | None, limits: UploadLimits) -> Pars
         )
     fmt = detect_format(path, filename)
     if fmt == "npz":
+        table_only = options.table_options_set()
+        if table_only:
+            raise UploadError(
+                f"The option(s) {table_only} apply to CSV and Parquet uploads; an npz names its "
+                "arrays instead (x, y, x_test, y_test, ids, y_true).",
+                field=table_only[0],
+            )
         return _parse_npz(path, limits)
     if fmt == "csv":
-        return _parse_csv(path, limits)
-    return _parse_parquet(path, limits)
+        return _parse_csv(path, limits, options)
+    return _parse_parquet(path, limits, options)
+
+
+def _settle_labels(ds: ParsedDataset, options: UploadOptions) -> None:
+    """Map labels to 0..k-1 when asked; else refuse labels that leave a class empty."""
+    if ds.class_names is not None:  # text labels: already mapped
+        return
+    parts = [ds.y] + ([ds.y_test] if ds.y_test is not None else [])
+    if options.remap_labels:
+        values = np.unique(np.concatenate(parts))
+        if values.size < 2:
+            raise UploadError(
+                f"The labels must hold at least 2 classes; got only {values.tolist()}.", field="label"
+            )
+        ds.y = np.searchsorted(values, ds.y).astype(np.int64)
+        if ds.y_test is not None:
+            ds.y_test = np.searchsorted(values, ds.y_test).astype(np.int64)
+        if ds.y_true is not None:
+            unknown = ~np.isin(ds.y_true, values)
+            if unknown.any():
+                i = int(np.argmax(unknown))
+                raise UploadError(
+                    f"The true label {int(ds.y_true[i])} at training row {i} is not one of the labels "
+                    f"{values.tolist()}; true labels must use the same classes.",
+                    field="truth",
+                )
+            ds.y_true = np.searchsorted(values, ds.y_true).astype(np.int64)
+        ds.class_names = [str(v) for v in values.tolist()]
+        ds.n_classes = int(values.size)
+        return
+    if ds.declared_classes:
+        return
+    counts = np.bincount(ds.y, minlength=ds.n_classes)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        seen = np.unique(np.concatenate(parts))
+        shown = empty[:10].tolist() + (["..."] if empty.size > 10 else [])
+        raise UploadError(
+            f"The labels must be 0..k-1 with every class in the training rows; labels run "
+            f"{int(seen.min())}..{int(seen.max())}, so k = {ds.n_classes} and class(es) {shown} have "
+            f"no training row. Relabel to 0..{seen.size - 1}, or upload with remap_labels=true to map "
+            f"the {seen.size} distinct labels, sorted, to 0..{seen.size - 1} (class_names keep the "
+            "originals).",
+            field="label",
+        )
+    if ds.y_true is not None and ds.y_true.size and int(ds.y_true.max()) >= ds.n_classes:
+        i = int(np.argmax(ds.y_true >= ds.n_classes))
+        raise UploadError(
+            f"The true label {int(ds.y_true[i])} at training row {i} is not a class of the labels "
+            f"(0..{ds.n_classes - 1}).",
+            field="truth",
+        )
+
+
+def _feature_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation (ddof 0) of (n, *shape) x, in float64,
+    accumulated over row blocks so that no float64 copy of x is made."""
+    flat = x.reshape(x.shape[0], -1)
+    total = np.zeros(flat.shape[1])
+    for start in range(0, flat.shape[0], 4096):
+        total += flat[start : start + 4096].sum(0, dtype=np.float64)
+    mean = total / max(flat.shape[0], 1)
+    sq = np.zeros(flat.shape[1])
+    for start in range(0, flat.shape[0], 4096):
+        block = flat[start : start + 4096].astype(np.float64) - mean
+        sq += np.einsum("ij,ij->j", block, block)
+    std = np.sqrt(sq / max(flat.shape[0], 1))
+    return mean, std
+
+
+def _scale_warnings(ds: ParsedDataset, options: UploadOptions) -> list[str]:
+    if options.standardize or ds.x.shape[0] < 2:
+        return []
+    _, std = _feature_moments(ds.x)
+    varying = std[std > 0]
+    if varying.size < 2 or varying.max() / varying.min() <= SCALE_RATIO_WARNING:
+        return []
+    names = ds.feature_names or [f"feature {j}" for j in range(std.size)]
+    hi, lo = int(np.argmax(np.where(std > 0, std, -np.inf))), int(np.argmin(np.where(std > 0, std, np.inf)))
+    return [
+        f"Features are on very different scales: standard deviations (training rows) run from "
+        f"{std[lo]:.3g} ({names[lo]}) to {std[hi]:.3g} ({names[hi]}), a ratio of "
+        f"{std[hi] / std[lo]:.3g}. Gradient-trained models then mostly see the large features, "
+        "which can hurt accuracy and every score; upload with standardize=true to z-score them."
+    ]
+
+
+def _standardize(ds: ParsedDataset) -> None:
+    """z-score with the training split's statistics (applied to the test split too);
+    constant features are centered only."""
+    mean, std = _feature_moments(ds.x)
+    scale = np.where(std > 0, std, 1.0)
+    shape = ds.x.shape[1:]
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        flat = x.reshape(x.shape[0], -1)
+        out = np.empty(flat.shape, dtype=np.float32)
+        for start in range(0, flat.shape[0], 4096):
+            out[start : start + 4096] = (flat[start : start + 4096] - mean) / scale
+        return out.reshape(x.shape)
+
+    ds.x = apply(ds.x)
+    if ds.x_test is not None:
+        ds.x_test = apply(ds.x_test)
+    ds.feature_mean = mean.reshape(shape)
+    ds.feature_std = scale.reshape(shape)
 
 
 def detect_format(path: Path, filename: str | None) -> str:
@@ -207,7 +429,8 @@ def detect_format(path: Path, filename: str | None) -> str:
 def write_canonical_npz(ds: ParsedDataset, path: Path) -> None:
     """Write ``ds`` as the canonical dataset file that workers load (``infoscore.data.load_npz``).
 
-    Arrays: x, y, x_test?, y_test?, ids?, n_classes (0-d int64), input_shape (1-d int64).
+    Arrays: x, y, x_test?, y_test?, ids?, y_true?, class_names?, feature_mean?, feature_std?,
+    n_classes (0-d int64), input_shape (1-d int64).
     Uncompressed (workers load it often), with fixed zip timestamps so that the same dataset
     always gives the same bytes. Written to a temp name in the same directory, fsynced, then
     renamed over ``path``: readers never see a partial file.
@@ -223,6 +446,13 @@ def write_canonical_npz(ds: ParsedDataset, path: Path) -> None:
         arrays["y_test"] = np.ascontiguousarray(ds.y_test, dtype=np.int64)
     if ds.ids is not None:
         arrays["ids"] = np.asarray(ds.ids).astype(str)
+    if ds.y_true is not None:
+        arrays["y_true"] = np.ascontiguousarray(ds.y_true, dtype=np.int64)
+    if ds.class_names is not None:
+        arrays["class_names"] = np.asarray(ds.class_names, dtype=str)
+    if ds.feature_mean is not None and ds.feature_std is not None:
+        arrays["feature_mean"] = np.asarray(ds.feature_mean, dtype=np.float64)
+        arrays["feature_std"] = np.asarray(ds.feature_std, dtype=np.float64)
     arrays["n_classes"] = np.asarray(ds.n_classes, dtype=np.int64)
     arrays["input_shape"] = np.asarray(ds.input_shape, dtype=np.int64).reshape(-1)
 
@@ -614,6 +844,23 @@ def _check_npz_headers(h: dict[str, _NpyHeader], limits: UploadLimits) -> None:
             raise UploadError(
                 f"Array 'ids' must hold strings or integers; got dtype {ids.dtype}.", field="ids"
             )
+    if "y_true" in h:
+        if h["y_true"].shape != (n,):
+            raise UploadError(
+                f"Array 'y_true' must have shape ({n},) to match 'x'; got shape {h['y_true'].shape}.",
+                field="y_true",
+            )
+        if h["y_true"].dtype.kind not in "biuf":
+            raise UploadError(
+                f"Array 'y_true' must hold integer labels 0..k-1; got dtype {h['y_true'].dtype}.",
+                field="y_true",
+            )
+    if "class_names" in h and (len(h["class_names"].shape) != 1 or h["class_names"].dtype.kind != "U"):
+        raise UploadError(
+            f"Array 'class_names' must be a 1-d unicode array; got {h['class_names'].dtype} of shape "
+            f"{h['class_names'].shape}.",
+            field="class_names",
+        )
     if "n_classes" in h and (h["n_classes"].shape not in ((), (1,)) or h["n_classes"].dtype.kind not in "iu"):
         raise UploadError(
             f"Array 'n_classes' must be one integer; got {h['n_classes'].dtype} of shape {h['n_classes'].shape}.",
@@ -645,6 +892,9 @@ def _parse_npz(path: Path, limits: UploadLimits) -> ParsedDataset:
     if "x_test" in arrays:
         x_test = _features_to_float32(arrays["x_test"], "Array 'x_test'", _at_index, "x_test")
         y_test = _labels_to_int64(arrays["y_test"], "Array 'y_test'", _at_index, "y_test", limits.max_classes)
+    y_true = None
+    if "y_true" in arrays:
+        y_true = _labels_to_int64(arrays["y_true"], "Array 'y_true'", _at_index, "y_true", limits.max_classes)
     ids = None
     if "ids" in arrays:
         raw = arrays["ids"]
@@ -657,6 +907,7 @@ def _parse_npz(path: Path, limits: UploadLimits) -> ParsedDataset:
                 ) from exc
         else:
             ids = raw.astype(str)
+        _check_unique_ids(ids, "Array 'ids'", "ids", "make the ids unique, or leave out the 'ids' array")
     declared = None
     if "n_classes" in arrays:
         declared = int(arrays["n_classes"].reshape(-1)[0])
@@ -667,7 +918,7 @@ def _parse_npz(path: Path, limits: UploadLimits) -> ParsedDataset:
                 f"Array 'input_shape' must equal x.shape[1:] = {tuple(x.shape[1:])}; got {given}.",
                 field="input_shape",
             )
-    return _finish(
+    ds = _finish(
         x,
         y,
         x_test,
@@ -679,41 +930,140 @@ def _parse_npz(path: Path, limits: UploadLimits) -> ParsedDataset:
         label_field="y",
         declared_classes=declared,
     )
+    ds.y_true = y_true
+    ds.declared_classes = declared is not None
+    if "class_names" in arrays:
+        names = [str(v) for v in arrays["class_names"].tolist()]
+        if len(names) != ds.n_classes:
+            raise UploadError(
+                f"Array 'class_names' must hold one name per class ({ds.n_classes}); got {len(names)}.",
+                field="class_names",
+            )
+        ds.class_names = names
+    return ds
+
+
+def _check_unique_ids(ids: np.ndarray, what: str, field: str, fix: str) -> None:
+    values, counts = np.unique(ids, return_counts=True)
+    if values.size == ids.size:
+        return
+    dup = int(np.argmax(counts > 1))
+    rows = np.flatnonzero(ids == values[dup])[:5].tolist()
+    n_dup = int(np.sum(counts > 1))
+    raise UploadError(
+        f"{what} must hold unique ids; {str(values[dup])!r} appears {int(counts[dup])} times (rows {rows})"
+        f" and {n_dup} id(s) repeat in all. Fix: {fix}.",
+        field=field,
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Tables (CSV and Parquet share the column rules)
 
 
-def _check_columns(names: list[str], limits: UploadLimits, kind: str) -> list[str]:
-    """Column rules; returns the feature columns in file order."""
+@dataclass
+class _Roles:
+    """What each table column is for."""
+
+    label: str
+    features: list[str]
+    explicit: frozenset[str]
+    """features the user listed in feature_columns: kept even if they look like an index."""
+    id: str | None
+    split: str | None
+    truth: str | None
+
+    @property
+    def text(self) -> frozenset[str]:
+        """Columns that may hold text."""
+        return frozenset(c for c in (self.label, self.id, self.split, self.truth) if c is not None)
+
+
+def _check_columns(names: list[str], limits: UploadLimits, kind: str, options: UploadOptions) -> _Roles:
+    """Column rules; returns each column's role (features in file or feature_columns order).
+
+    ``names`` may be edited in place: an empty header name becomes ``Unnamed: j`` (as pandas
+    names it) so that exclude_columns can name it.
+    """
     seen: set[str] = set()
     for j, name in enumerate(names):
-        if name == "" or name.startswith("Unnamed: "):
-            raise UploadError(
-                f"{kind} column {j} has no name; every column needs a header name "
-                "(a saved pandas index? write the file with index=False).",
-                field=f"column {j}",
-            )
+        if name == "":
+            names[j] = name = f"Unnamed: {j}"
         if name in seen:
             raise UploadError(
                 f"{kind} column {name!r} appears more than once; column names must be unique.", field=name
             )
         seen.add(name)
-    if LABEL_COLUMN not in seen:
+
+    def must_exist(option: str, name: str) -> None:
+        if name not in seen:
+            shown = names[:20] + (["..."] if len(names) > 20 else [])
+            raise UploadError(
+                f"The {option!r} option names column {name!r}, which the {kind} does not have"
+                f"{closest_name(name, names)}; its columns are {shown}.",
+                field=option,
+            )
+
+    label = options.label_column
+    if label not in seen:
         shown = names[:20] + (["..."] if len(names) > 20 else [])
         hint = ""
         if len(names) == 1 and any(sep in names[0] for sep in ";\t|"):
             hint = " The file must be comma-separated."
+        elif label == LABEL_COLUMN:
+            hint = " Name another column with the label_column option."
         raise UploadError(
-            f"The {kind} must have a {LABEL_COLUMN!r} column holding integer labels 0..k-1; got columns {shown}.{hint}",
-            field=LABEL_COLUMN,
+            f"The {kind} must have a {label!r} column holding the class labels; got columns {shown}"
+            f"{closest_name(label, names)}.{hint}",
+            field=label,
         )
-    features = [c for c in names if c not in (LABEL_COLUMN, SPLIT_COLUMN, ID_COLUMN)]
+    excluded = set(options.exclude_columns)
+    for name in options.exclude_columns:
+        must_exist("exclude_columns", name)
+    if options.id_column is not None:
+        must_exist("id_column", options.id_column)
+        id_col: str | None = options.id_column
+    else:
+        id_col = ID_COLUMN if ID_COLUMN in seen and ID_COLUMN not in excluded else None
+    if options.truth_column is not None:
+        must_exist("truth_column", options.truth_column)
+    split = SPLIT_COLUMN if SPLIT_COLUMN in seen and SPLIT_COLUMN not in excluded else None
+    roles = {label: "label", id_col: "id", split: "split", options.truth_column: "truth"}
+    roles.pop(None, None)
+    if len({c for c in (label, id_col, split, options.truth_column) if c is not None}) != len(roles):
+        raise UploadError(
+            f"The label, id, split and truth columns must be different columns; got label={label!r}, "
+            f"id={id_col!r}, split={split!r}, truth={options.truth_column!r}.",
+            field="truth_column",
+        )
+    if options.feature_columns is not None:
+        for name in options.feature_columns:
+            must_exist("feature_columns", name)
+            if name in roles:
+                raise UploadError(
+                    f"The 'feature_columns' option lists {name!r}, which is the {roles[name]} column.",
+                    field="feature_columns",
+                )
+        if len(set(options.feature_columns)) != len(options.feature_columns):
+            raise UploadError("The 'feature_columns' option lists a column twice.", field="feature_columns")
+        features = list(options.feature_columns)
+        explicit = frozenset(features)
+    else:
+        features = [c for c in names if c not in roles and c not in excluded]
+        explicit = frozenset()
+    for name in features:
+        if name not in explicit and (name in INDEX_COLUMN_NAMES or name.startswith("Unnamed: ")):
+            raise UploadError(
+                f"{kind} column {name!r} looks like a saved row index (pandas writes one with "
+                "to_csv(index=True) or after reset_index()), which would become a feature. Write the "
+                f"file with index=False, or upload with exclude_columns={name} to drop it (or list it "
+                "in feature_columns to keep it as a feature).",
+                field=name,
+            )
     if not features:
         raise UploadError(
-            f"The {kind} must have at least one feature column besides "
-            f"{LABEL_COLUMN!r}, {SPLIT_COLUMN!r} and {ID_COLUMN!r}; got columns {names}.",
+            f"The {kind} must have at least one feature column besides the label, id, split and "
+            f"truth columns; got columns {names}.",
             field="file",
         )
     if len(features) > limits.max_features:
@@ -721,7 +1071,7 @@ def _check_columns(names: list[str], limits: UploadLimits, kind: str) -> list[st
             f"The {kind} has {len(features)} feature columns; the limit is max_features = {limits.max_features}.",
             field="file",
         )
-    return features
+    return _Roles(label, features, explicit, id_col, split, options.truth_column)
 
 
 def _split_mask(values: np.ndarray, loc: Locator) -> np.ndarray:
@@ -743,12 +1093,63 @@ def _split_mask(values: np.ndarray, loc: Locator) -> np.ndarray:
     return np.asarray(is_test, dtype=bool)
 
 
+def _is_text(values: np.ndarray) -> bool:
+    return values.dtype.kind in "OUS"
+
+
+def _text_labels(
+    label: np.ndarray, truth: np.ndarray | None, roles: _Roles, loc: Locator, limits: UploadLimits
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Text labels -> (int64 codes in sorted-name order, truth codes, class names)."""
+    for name, values in ((roles.label, label), (roles.truth, truth)):
+        if values is None:
+            continue
+        missing = pd.isna(values)
+        if missing.any():
+            i = int(np.argmax(missing))
+            raise UploadError(
+                f"Column {name!r} must hold a label in every row; got an empty cell at {loc(i)}.",
+                field=str(name),
+            )
+    text = label.astype(str)
+    classes = np.unique(text)
+    if classes.size > limits.max_classes:
+        raise UploadError(
+            f"Column {roles.label!r} holds {classes.size} distinct labels; the limit is max_classes = "
+            f"{limits.max_classes}.",
+            field=roles.label,
+        )
+    codes = np.searchsorted(classes, text).astype(np.int64)
+    truth_codes = None
+    if truth is not None:
+        truth_text = truth.astype(str)
+        unknown = ~np.isin(truth_text, classes)
+        if unknown.any():
+            i = int(np.argmax(unknown))
+            raise UploadError(
+                f"Column {roles.truth!r} holds {truth_text[i]!r} at {loc(i)}, which is not one of the "
+                f"labels in {roles.label!r}; true labels must use the same classes.",
+                field=str(roles.truth),
+            )
+        truth_codes = np.searchsorted(classes, truth_text).astype(np.int64)
+    return codes, truth_codes, [str(c) for c in classes]
+
+
+def _looks_like_row_index(values: np.ndarray) -> bool:
+    """An integer run 0..n-1 or 1..n in file order (a saved row index)."""
+    n = values.shape[0]
+    if n < 3 or values.dtype.kind not in "iuf":
+        return False
+    first = values[0]
+    if first not in (0, 1):
+        return False
+    return bool(np.array_equal(values, np.arange(first, first + n)))
+
+
 def _assemble_table(
     columns: Callable[[str], np.ndarray],
-    features: list[str],
+    roles: _Roles,
     n_rows: int,
-    has_split: bool,
-    has_id: bool,
     fmt: str,
     loc: Locator,
     limits: UploadLimits,
@@ -756,32 +1157,66 @@ def _assemble_table(
     """Build the dataset from per-column numpy arrays (``columns(name)``); names rows via ``loc``."""
     if n_rows < 1:
         raise UploadError(f"The {fmt} has no data rows; at least 1 is needed.")
+    features = roles.features
     x = np.empty((n_rows, len(features)), dtype=np.float32)
     for j, name in enumerate(features):
-        x[:, j] = _features_to_float32(columns(name), f"Column {name!r}", loc, name)
-    y = _labels_to_int64(
-        columns(LABEL_COLUMN), f"Column {LABEL_COLUMN!r}", loc, LABEL_COLUMN, limits.max_classes
-    )
+        values = columns(name)
+        if name not in roles.explicit and _looks_like_row_index(values):
+            raise UploadError(
+                f"Column {name!r} holds the integer run {int(values[0])}..{int(values[0]) + n_rows - 1} "
+                "in file order, like a saved row index (df.reset_index() or to_csv(index=True)), which "
+                f"would become a feature. Write the file with index=False, or upload with "
+                f"exclude_columns={name} to drop it (or list it in feature_columns to keep it).",
+                field=name,
+            )
+        x[:, j] = _features_to_float32(values, f"Column {name!r}", loc, name)
+    raw_label = columns(roles.label)
+    raw_truth = columns(roles.truth) if roles.truth is not None else None
+    class_names = None
+    y_true = None
+    if _is_text(raw_label) or (raw_truth is not None and _is_text(raw_truth)):
+        y, y_true, class_names = _text_labels(raw_label, raw_truth, roles, loc, limits)
+    else:
+        y = _labels_to_int64(raw_label, f"Column {roles.label!r}", loc, roles.label, limits.max_classes)
+        if raw_truth is not None and roles.truth is not None:
+            y_true = _labels_to_int64(
+                raw_truth, f"Column {roles.truth!r}", loc, roles.truth, limits.max_classes
+            )
     ids = None
-    if has_id:
-        ids = columns(ID_COLUMN)
+    if roles.id is not None:
+        ids = columns(roles.id)
         missing = pd.isna(ids)
         if missing.any():
             i = int(np.argmax(missing))
             raise UploadError(
-                f"Column {ID_COLUMN!r} must hold a string or integer id in every row; got an empty cell at {loc(i)}.",
-                field=ID_COLUMN,
+                f"Column {roles.id!r} must hold a string or integer id in every row; got an empty cell at {loc(i)}.",
+                field=roles.id,
             )
+        if ids.dtype.kind == "f":
+            if not np.all(ids == np.floor(ids)):
+                raise UploadError(
+                    f"Column {roles.id!r} must hold string or integer ids; got fractions.", field=roles.id
+                )
+            ids = ids.astype(np.int64)
         ids = ids.astype(str)
+        _check_unique_ids(
+            ids,
+            f"Column {roles.id!r}",
+            roles.id,
+            f"make the ids unique, name a unique column with id_column, or upload with "
+            f"exclude_columns={roles.id} to go without ids",
+        )
     x_test = y_test = None
-    if has_split:
-        test = _split_mask(columns(SPLIT_COLUMN), loc)
+    if roles.split is not None:
+        test = _split_mask(columns(roles.split), loc)
         if test.any():
             x_test, y_test = x[test], y[test]
             x, y = x[~test], y[~test]
             if ids is not None:
                 ids = ids[~test]
-    return _finish(
+            if y_true is not None:
+                y_true = y_true[~test]
+    ds = _finish(
         x,
         y,
         x_test,
@@ -789,16 +1224,21 @@ def _assemble_table(
         ids,
         fmt,
         limits,
-        label_what=f"Column {LABEL_COLUMN!r}",
-        label_field=LABEL_COLUMN,
+        label_what=f"Column {roles.label!r}",
+        label_field=roles.label,
+        declared_classes=None if class_names is None else len(class_names),
     )
+    ds.y_true = y_true
+    ds.class_names = class_names
+    ds.feature_names = list(features)
+    return ds
 
 
 def _csv_loc(i: int) -> str:
     return f"row {i} (line {i + 2} of the file)"
 
 
-def _parse_csv(path: Path, limits: UploadLimits) -> ParsedDataset:
+def _parse_csv(path: Path, limits: UploadLimits, options: UploadOptions) -> ParsedDataset:
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             header = next(csv.reader(f), None)
@@ -808,18 +1248,18 @@ def _parse_csv(path: Path, limits: UploadLimits) -> ParsedDataset:
         ) from exc
     if not header:
         raise UploadError(
-            "The CSV has no header row; the first line must name the columns, including 'label'."
+            "The CSV has no header row; the first line must name the columns, including the label column."
         )
     names = [h.strip() for h in header]
-    if len(names) > limits.max_features + 3:
+    if len(names) > limits.max_features + 4:
         raise UploadTooLarge(
             f"The CSV has {len(names)} columns; the limit is max_features = {limits.max_features} feature columns.",
         )
-    features = _check_columns(names, limits, "CSV")
+    roles = _check_columns(names, limits, "CSV", options)
     # Never parse more rows than the limits allow: one past the cap proves the file exceeds it.
     by_elements = limits.max_elements // max(len(names), 1)
     row_cap = min(limits.max_rows, by_elements)
-    dtypes = {c: str for c in (SPLIT_COLUMN, ID_COLUMN) if c in names}
+    dtypes = {c: str for c in (roles.split, roles.id) if c is not None}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -851,32 +1291,30 @@ def _parse_csv(path: Path, limits: UploadLimits) -> ParsedDataset:
 
     def column(name: str) -> np.ndarray:
         series = df[name]
-        if name in (SPLIT_COLUMN, ID_COLUMN):
+        if name in (roles.split, roles.id):
             return series.to_numpy(dtype=object)
         if series.dtype.kind == "O":
             numeric = pd.to_numeric(series, errors="coerce")
             bad = numeric.isna().to_numpy() & series.notna().to_numpy()
             if not bad.any():  # mixed chunks of numbers, all convertible
                 return numeric.to_numpy()
+            if name in (roles.label, roles.truth):  # text labels: mapped to 0..k-1
+                return series.to_numpy(dtype=object)
             i = int(np.argmax(bad))
-            label = name == LABEL_COLUMN
             raise UploadError(
-                f"Column {name!r} must hold {'integer labels 0..k-1' if label else 'numbers'}; "
-                f"got {series.iloc[i]!r} at {_csv_loc(i)}.",
+                f"Column {name!r} must hold numbers; got {series.iloc[i]!r} at {_csv_loc(i)}.",
                 field=name,
             )
         return series.to_numpy()
 
-    return _assemble_table(
-        column, features, len(df), SPLIT_COLUMN in names, ID_COLUMN in names, "csv", _csv_loc, limits
-    )
+    return _assemble_table(column, roles, len(df), "csv", _csv_loc, limits)
 
 
 def _parquet_loc(i: int) -> str:
     return f"row {i}"
 
 
-def _parse_parquet(path: Path, limits: UploadLimits) -> ParsedDataset:
+def _parse_parquet(path: Path, limits: UploadLimits, options: UploadOptions) -> ParsedDataset:
     try:
         pf = pq.ParquetFile(path)
         meta = pf.metadata
@@ -884,12 +1322,13 @@ def _parse_parquet(path: Path, limits: UploadLimits) -> ParsedDataset:
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UploadError(f"The Parquet file could not be read ({exc}); it is corrupt or truncated.") from exc
     names = [n for n in schema.names if not (n.startswith("__index_level_") and n.endswith("__"))]
-    if len(names) > limits.max_features + 3:
+    if len(names) > limits.max_features + 4:
         raise UploadTooLarge(
             f"The Parquet file has {len(names)} columns; the limit is max_features = {limits.max_features} "
             "feature columns."
         )
-    features = _check_columns(names, limits, "Parquet file")
+    file_names = list(names)
+    roles = _check_columns(names, limits, "Parquet file", options)
     n_rows = int(meta.num_rows)
     if n_rows > limits.max_rows:
         raise UploadTooLarge(
@@ -915,21 +1354,23 @@ def _parse_parquet(path: Path, limits: UploadLimits) -> ParsedDataset:
             t = t.value_type
         return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
 
-    for name in names:
-        t = schema.field(name).type
-        if name == SPLIT_COLUMN:
+    used = [*roles.features, *sorted(roles.text)]
+    by_file = dict(zip(names, file_names, strict=True))
+    for name in used:
+        t = schema.field(by_file[name]).type
+        if name == roles.split:
             ok, want = is_text(t), "strings 'train'/'test'"
-        elif name == ID_COLUMN:
+        elif name == roles.id:
             ok, want = is_text(t) or pa.types.is_integer(t), "string or integer ids"
-        elif name == LABEL_COLUMN:
-            ok, want = is_numeric(t), "integer labels 0..k-1"
+        elif name in (roles.label, roles.truth):
+            ok, want = is_numeric(t) or is_text(t), "class labels (integers or text)"
         else:
             ok, want = is_numeric(t), "numbers (bool, int or float)"
         if not ok:
             raise UploadError(f"Column {name!r} must hold {want}; got Parquet type {t}.", field=name)
 
     try:
-        table = pf.read(columns=names)
+        table = pf.read(columns=[by_file[c] for c in used])
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UploadError(f"The Parquet data could not be read ({exc}); it is corrupt or truncated.") from exc
     if table.num_rows != n_rows:
@@ -939,24 +1380,27 @@ def _parse_parquet(path: Path, limits: UploadLimits) -> ParsedDataset:
 
     def column(name: str) -> np.ndarray:
         try:
-            return _parquet_column(table.column(name), name)
+            return _parquet_column(table.column(by_file[name]), name, roles)
         except (pa.ArrowException, ValueError, UnicodeDecodeError) as exc:
             raise UploadError(
                 f"Column {name!r} could not be read ({exc}); the file is corrupt.", field=name
             ) from exc
 
-    return _assemble_table(
-        column, features, n_rows, SPLIT_COLUMN in names, ID_COLUMN in names, "parquet", _parquet_loc, limits
+    return _assemble_table(column, roles, n_rows, "parquet", _parquet_loc, limits)
+
+
+def _parquet_column(col: pa.ChunkedArray, name: str, roles: _Roles) -> np.ndarray:
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    text = (
+        pa.types.is_string(col.type)
+        or pa.types.is_large_string(col.type)
+        or pa.types.is_string_view(col.type)
     )
-
-
-def _parquet_column(col: pa.ChunkedArray, name: str) -> np.ndarray:
-    if name in (SPLIT_COLUMN, ID_COLUMN):
-        if pa.types.is_dictionary(col.type):
-            col = col.cast(col.type.value_type)
+    if name in (roles.split, roles.id) or (text and name in roles.text):
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
     if col.null_count:
         i = int(np.argmax(pc.is_null(col).to_numpy(zero_copy_only=False)))
-        what = "integer labels 0..k-1" if name == LABEL_COLUMN else "finite numbers"
+        what = "integer labels 0..k-1" if name in (roles.label, roles.truth) else "finite numbers"
         raise UploadError(f"Column {name!r} must hold {what}; got null at row {i}.", field=name)
     return np.asarray(col.to_numpy(zero_copy_only=False))

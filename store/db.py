@@ -308,6 +308,20 @@ class JobStore:
                 (r.id, r.tenant) for r in s.scalars(select(DatasetRow).where(DatasetRow.created_at < cutoff))
             ]
 
+    def list_datasets(
+        self, *, tenant: str = DEFAULT_TENANT, limit: int = 50, before: tuple[datetime, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first; ``before`` = (created_at, id) of the last row of the previous page."""
+        q = select(DatasetRow).where(DatasetRow.tenant == tenant)
+        if before is not None:
+            ts, did = before
+            q = q.where(
+                or_(DatasetRow.created_at < ts, (DatasetRow.created_at == ts) & (DatasetRow.id < did))
+            )
+        q = q.order_by(DatasetRow.created_at.desc(), DatasetRow.id.desc()).limit(limit)
+        with self.session() as s:
+            return [_dataset_dict(r) for r in s.scalars(q)]
+
     # ---------------------------------------------------------------- api keys
     def create_key(self, tenant: str) -> tuple[str, str]:
         """Returns (key id, the full key). The full key is not stored and not shown again."""

@@ -233,3 +233,230 @@ def test_estimate_dry_run_and_memory_refusal(api: Any) -> None:
 
     wide = {**TD, "model": {"arch": "mlp", "hidden": [16_384, 16_384]}}
     _assert_problem(api.post("/v1/jobs", json=wide), 422, "parameters", "INFOSCORE_MAX_PARAMETERS")
+
+
+# ---------------------------------------------------------------------------------------
+# Uploads and requests that catch a user's mistakes before the job runs (issue 13)
+
+
+def _csv_bytes(df: Any) -> bytes:
+    return df.to_csv(index=False).encode()
+
+
+def _flat_upload(api: Any, n: int = 40, d: int = 30, test: bool = True, truth: bool = True) -> dict[str, Any]:
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(n, d)), columns=[f"f{j}" for j in range(d)])
+    df["label"] = ["cat", "dog"] * (n // 2)
+    if truth:
+        df["truth"] = df["label"]
+        df.loc[0, "truth"] = "dog"
+    if test:
+        df["split"] = ["train"] * (n - 10) + ["test"] * 10
+    form = {"truth_column": "truth"} if truth else {}
+    r = api.post("/v1/datasets", files={"file": ("t.csv", _csv_bytes(df))}, data=form)
+    assert r.status_code == 201, r.text
+    record: dict[str, Any] = r.json()
+    return record
+
+
+def test_upload_options_and_the_record_fields(api: Any) -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(0, 0.01, 12), "b": rng.normal(0, 100, 12)})
+    df = df.reset_index()  # the classic mistake: an 'index' column
+    df["y"] = ["no", "yes", "maybe"] * 4
+    df["sample"] = [f"s{i}" for i in range(12)]
+    body = _csv_bytes(df)
+    _assert_problem(
+        api.post("/v1/datasets", files={"file": ("t.csv", body)}, data={"label_column": "y"}),
+        422,
+        "'index'",
+        "exclude_columns=index",
+    )
+    r = api.post(
+        "/v1/datasets",
+        files={"file": ("t.csv", body)},
+        data={"label_column": "y", "id_column": "sample", "exclude_columns": "index"},
+    )
+    assert r.status_code == 201, r.text
+    rec = r.json()
+    assert rec["feature_names"] == ["a", "b"] and rec["input_shape"] == [2]
+    assert rec["class_names"] == ["maybe", "no", "yes"] and rec["class_counts"] == [4, 4, 4]
+    assert rec["has_ids"] is True and rec["has_truth"] is False
+    assert len(rec["warnings"]) == 1 and "standardize=true" in rec["warnings"][0]
+    assert rec["options"]["exclude_columns"] == ["index"] and rec["standardization"] is None
+    # the same file read another way is another dataset
+    r2 = api.post(
+        "/v1/datasets",
+        files={"file": ("t.csv", body)},
+        data={"label_column": "y", "id_column": "sample", "exclude_columns": "index", "standardize": "true"},
+    )
+    assert r2.status_code == 201 and r2.json()["id"] != rec["id"]
+    assert r2.json()["warnings"] == [] and len(r2.json()["standardization"]["mean"]) == 2
+    assert api.get(f"/v1/datasets/{rec['id']}").json()["class_names"] == ["maybe", "no", "yes"]
+
+
+def test_list_datasets_is_paged_newest_first(api: Any) -> None:
+    ids = []
+    for i in range(3):
+        r = api.post("/v1/datasets", files={"file": ("d.npz", _npz(x=np.eye(4) * (i + 1), y=[0, 1, 0, 1]))})
+        ids.append(r.json()["id"])
+    first = api.get("/v1/datasets", params={"limit": 2}).json()
+    assert [d["id"] for d in first["items"]] == ids[::-1][:2] and first["next_cursor"]
+    second = api.get("/v1/datasets", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert [d["id"] for d in second["items"]] == [ids[0]] and second["next_cursor"] is None
+    _assert_problem(api.get("/v1/datasets", params={"cursor": "zz"}), 400, "cursor")
+
+
+def test_dataset_checks_at_submit_and_in_the_estimate(api: Any) -> None:
+    ds = _flat_upload(api)  # 30 training rows, 30 flat features, a test split, true labels
+    assert ds["has_truth"] is True and ds["n_mislabeled"] == 1
+    cases = [
+        ("fcmi-bound", {"arch": "mlp"}, {"n": [10, 20]}, "params.n", "2 * max(n) <= 30"),
+        ("fcmi-bound", {"arch": "mlp"}, {}, "params.n", "(the default)"),
+        ("training-dynamics", {"arch": "cnn"}, {"epochs": 1}, "model.arch", "image-shaped"),
+        (
+            "supervision-complexity",
+            {"arch": "mlp"},
+            {"teacher": {"arch": "cnn", "input_shape": [1, 5, 5]}, "teacher_epochs": 2},
+            "params.teacher.input_shape",
+            "25 values",
+        ),
+    ]
+    for kind, model, params, field, needle in cases:
+        request = {"kind": kind, "dataset": ds["id"], "model": model, "params": params}
+        body = _assert_problem(api.post("/v1/jobs", json=request), 422, needle)
+        assert body["field"] == field
+        est = api.post("/v1/jobs:estimate", json=request).json()
+        assert est["fits"] is False and est["problems"][0]["field"] == field
+    assert api.get("/v1/jobs").json()["items"] == []  # nothing was queued
+    # clean_validation needs clean labels: fine with a truth column, refused without one
+    ok = {
+        "kind": "limit",
+        "dataset": ds["id"],
+        "model": {"arch": "mlp"},
+        "params": {"clean_validation": True},
+    }
+    assert api.post("/v1/jobs:estimate", json=ok).json()["problems"] == []
+    plain = _flat_upload(api, test=False, truth=False)
+    bad = {**ok, "dataset": plain["id"]}
+    _assert_problem(api.post("/v1/jobs", json=bad), 422, "clean_validation", "truth_column")
+    si = {"kind": "sample-information", "dataset": plain["id"], "model": {"arch": "linear"}}
+    _assert_problem(api.post("/v1/jobs", json=si), 422, "'predictions'", "(the default)")
+    fits = api.post("/v1/jobs:estimate", json={**si, "params": {"measures": ["weights"]}}).json()
+    assert fits["fits"] is True and fits["problems"] == []
+
+
+def test_defaults_follow_the_parameters_they_depend_on(api: Any) -> None:
+    r = api.post("/v1/jobs", json={**TD, "params": {"epochs": 2}})
+    assert r.status_code == 202, r.text
+    assert r.json()["request"]["params"]["el2n_epoch"] == 2
+    sc: dict[str, Any] = {
+        "kind": "supervision-complexity",
+        "dataset": {"builtin": "digits"},
+        "model": {"arch": "mlp"},
+        "params": {"teacher": {"arch": "mlp"}, "teacher_epochs": 7},
+    }
+    assert api.post("/v1/jobs:estimate", json=sc).status_code == 200
+    too_far = {**sc, "params": {**sc["params"], "checkpoints": [1, 9]}}
+    _assert_problem(api.post("/v1/jobs", json=too_far), 422, "teacher_epochs (7)", "[9]")
+
+
+def test_unknown_fields_suggest_the_closest_name(api: Any) -> None:
+    body = _assert_problem(
+        api.post("/v1/jobs", json={**TD, "params": {"epoch": 3}}), 422, "did you mean 'epochs'"
+    )
+    assert body["errors"][0]["loc"] == "training-dynamics.params.epoch"
+    typo = {**TD, "model": {"arch": "mlp", "hiden": [8]}}
+    _assert_problem(api.post("/v1/jobs", json=typo), 422, "did you mean 'hidden'")
+
+
+def test_a_malformed_dataset_reference_gets_one_clear_error(api: Any) -> None:
+    for ref, needle in [("my-data.csv", "'ds_' and 16-64 hex digits"), ({"builtin": "mnist"}, "'mnist'")]:
+        body = _assert_problem(api.post("/v1/jobs", json={**TD, "dataset": ref}), 422, needle)
+        assert len(body["errors"]) == 1, body["errors"]
+    body = _assert_problem(
+        api.post("/v1/jobs", json={**TD, "dataset": {"builtin": "digits", "label_noise": 3}}),
+        422,
+        "label_noise",
+    )
+    assert len(body["errors"]) == 1 and "valid string" not in body["detail"]
+
+
+def test_sort_keys_are_checked_for_every_kind(api: Any) -> None:
+    store = api.app.state.gateway.store
+    fc = {"kind": "fcmi-bound", "dataset": {"builtin": "digits"}, "model": {"arch": "linear"}}
+    job = store.create_job(kind="fcmi-bound", request=fc, fingerprint="x")
+    store.finish(job["id"], "succeeded", summary={"bound": 0.1})
+    body = _assert_problem(
+        api.get(f"/v1/jobs/{job['id']}/result", params={"sort": "bogus"}), 422, "no per-sample"
+    )
+    assert body["field"] == "sort"
+    assert api.get(f"/v1/jobs/{job['id']}/result").json()["summary"] == {"bound": 0.1}
+
+
+def test_docs_and_redoc_load_nothing_from_the_network(api: Any) -> None:
+    import re
+
+    for page in ("/docs", "/redoc"):
+        r = api.get(page)
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url:\\s*['"]([^'"]+)['"]""", r.text)
+        assets = [a or b for a, b in urls]
+        assert assets, r.text
+        for url in assets:
+            assert not url.startswith(("http:", "https:", "//")), (page, url)
+            if url != "/openapi.json":
+                assert api.get(url).status_code == 200, url
+        assert "cdn." not in r.text and "fonts.googleapis" not in r.text
+
+
+def test_estimate_gives_a_time_range_from_the_measured_rates(api: Any) -> None:
+    from contracts.estimate import RATES, TIME_RANGE_FACTORS
+
+    short = api.post("/v1/jobs:estimate", json={**TD, "params": {"epochs": 10}}).json()["seconds"]
+    long = api.post("/v1/jobs:estimate", json={**TD, "params": {"epochs": 1000}}).json()["seconds"]
+    assert 0 < short["low"] < short["high"] and long["low"] > 10 * short["low"]
+    assert short["high"] / short["low"] == pytest.approx(
+        TIME_RANGE_FACTORS[1] / TIME_RANGE_FACTORS[0], rel=0.05
+    )
+    # 1000 epochs of the 64-256-10 MLP on 1347 digits: about 1000 * 1347 * 19210 * 4/3 / rate s
+    work = 1000 * 1347 * 19210 * 4 / 3 / RATES["train_sample_epoch_params_per_s"]
+    assert long["low"] <= work <= long["high"]
+
+
+def test_datasets_are_listed_per_tenant(api: Any) -> None:
+    store = api.app.state.gateway.store
+    base = {"sha256": "0" * 64, "format": "npz", "n_train": 4, "n_test": 0, "n_classes": 2}
+    store.add_dataset({**base, "id": "ds_" + "a" * 32, "input_shape": [2], "size_bytes": 1}, "tenant-a")
+    store.add_dataset({**base, "id": "ds_" + "b" * 32, "input_shape": [2], "size_bytes": 1}, "tenant-b")
+    assert [d["id"] for d in store.list_datasets(tenant="tenant-a")] == ["ds_" + "a" * 32]
+    assert [d["id"] for d in store.list_datasets(tenant="tenant-b")] == ["ds_" + "b" * 32]
+    assert api.get("/v1/datasets").json()["items"] == []  # the default tenant sees neither
+
+
+def test_results_show_class_names_beside_the_codes(api: Any) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {"a": [0.1, 0.5, 0.2, 0.9], "b": [1.0, 0.0, 0.5, 0.3], "label": ["cat", "dog", "dog", "cat"]}
+    )
+    ds = api.post("/v1/datasets", files={"file": ("t.csv", _csv_bytes(df))}).json()
+    gw = api.app.state.gateway
+    request = {"kind": "training-dynamics", "dataset": ds["id"], "model": {"arch": "linear"}}
+    job = gw.store.create_job(kind="training-dynamics", request=request, fingerprint="g")
+    path = gw.artifacts.artifact_path(job["id"], "scores.parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"index": range(4), "label": [0, 1, 1, 0], "loss": [0.1, 0.9, 0.2, 0.3]}).to_parquet(path)
+    gw.store.finish(job["id"], "succeeded", summary={})
+    page = api.get(f"/v1/jobs/{job['id']}/result", params={"sort": "loss"}).json()
+    assert page["columns"] == ["index", "label", "label_name", "loss"]
+    assert [(r["label"], r["label_name"]) for r in page["rows"]] == [
+        (1, "dog"),
+        (0, "cat"),
+        (1, "dog"),
+        (0, "cat"),
+    ]

@@ -206,7 +206,7 @@ def test_online_schedule_uses_checkpoint_of_current_epoch(
 
 
 # ---------------------------------------------------------------------------------------
-# Orderings on digits (the acceptance criteria of SCIENCE.md 5.3)
+# Orderings on digits (the acceptance criteria of docs/science.md §5.3)
 # ---------------------------------------------------------------------------------------
 
 
@@ -376,8 +376,9 @@ def test_distillation_runner_contract(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("request_", "param"),
     [
-        (_complexity_request(checkpoints=[0, 7]), "checkpoints"),
-        (_distillation_request(curve_epochs=[0, 9]), "curve_epochs"),
+        # checkpoints beyond teacher_epochs and curve_epochs beyond epochs are refused by the
+        # contract itself now, before a runner sees them (tests/test_distill.py::
+        # test_contract_refuses_epochs_beyond_training).
         (
             {**_complexity_request(subsample=5000, kernel="full"), "dataset": {**GAUSSIANS, "n": 5000}},
             "subsample",
@@ -392,6 +393,22 @@ def test_runners_reject_inconsistent_params(request_: dict[str, Any], param: str
         else DistillationRunner()
     )
     _raises_naming(param, runner.run, ctx)
+
+
+@pytest.mark.parametrize(
+    ("request_", "param"),
+    [
+        (_complexity_request(checkpoints=[0, 7]), "checkpoints"),
+        (_distillation_request(curve_epochs=[0, 9]), "curve_epochs"),
+    ],
+)
+def test_contract_refuses_epochs_beyond_training(request_: dict[str, Any], param: str) -> None:
+    from pydantic import ValidationError
+
+    from contracts.jobs import parse_job_request
+
+    with pytest.raises(ValidationError, match=param):
+        parse_job_request(request_)
 
 
 def test_ntk_reuse_matches_complexity_at() -> None:

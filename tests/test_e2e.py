@@ -128,7 +128,7 @@ def test_up_upload_run_stop_restart(up: Up) -> None:
     assert done["state"] == "succeeded", done["error"]
     csv = client.get(f"/v1/jobs/{job['id']}/artifacts/scores.csv").text.splitlines()
     assert len(csv) == 81
-    assert csv[0] == "index,label,loss,margin,el2n,grand,forgetting_events"  # uploads: no label_noisy
+    assert csv[0] == "index,label,loss,margin,el2n,grand,forgetting_events,never_learned"  # no label_noisy
     artifacts = {n: client.get(f"/v1/jobs/{job['id']}/artifacts/{n}").content for n in done["artifacts"]}
 
     assert up.proc is not None

@@ -92,20 +92,19 @@ def test_cancel_a_running_job(api: Any, worker: WorkerProcess) -> None:
 
 
 def test_failed_job_has_a_problem_reason(api: Any, worker: WorkerProcess) -> None:
-    # A cnn needs image-shaped or perfect-square inputs: 20-dim gaussians are neither.
+    # A step so large that discrete GD diverges: only the kernel's spectrum, computed by
+    # the worker, shows it (a cnn on flat features, the earlier example, is refused at submit).
     body = {
-        "kind": "training-dynamics",
+        "kind": "sample-information",
         "dataset": {"builtin": "gaussians", "n": 50, "dim": 20},
-        "model": {"arch": "cnn"},
-        "params": {"epochs": 1, "el2n_epoch": 0},
+        "model": {"arch": "linear"},
+        "params": {"t": 10, "lr": 1000.0},
     }
     job = api.post("/v1/jobs", json=body).json()
     ended = wait_for_state(api, job["id"], ("succeeded", "failed"), timeout=120)
     assert ended["state"] == "failed"
     err = ended["error"]
-    assert (
-        err["status"] == 422 and "input_shape" in err["detail"] and err["instance"] == f"/v1/jobs/{job['id']}"
-    )
+    assert err["status"] == 422 and "'lr'" in err["detail"] and err["instance"] == f"/v1/jobs/{job['id']}"
 
 
 def test_worker_killed_mid_job_is_recovered_with_the_same_result(

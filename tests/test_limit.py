@@ -1,4 +1,4 @@
-"""LIMIT (SCIENCE.md section 4): Fano values, the update's gradients, a short run, the runner."""
+"""LIMIT (docs/science.md §4): Fano values, the update's gradients, a short run, the runner."""
 
 from __future__ import annotations
 

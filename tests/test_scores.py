@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from contracts.jobs import parse_job_request
-from contracts.training_dynamics import SCORE_COLUMNS, TrainingDynamicsParams
+from contracts.training_dynamics import SCORE_COLUMNS, TABLE_COLUMNS, TrainingDynamicsParams
 from infoscore.errors import Cancelled, InvalidInputError
 from infoscore.models import build_model
 from infoscore.scores import (
@@ -23,6 +23,7 @@ from infoscore.scores import (
     auroc,
     count_forgetting_events,
     el2n_scores,
+    forgetting_rank,
     grand_scores,
     loss_and_margin,
     suspicion_scores,
@@ -261,7 +262,7 @@ def test_runner_default_request_flags_flipped_digits(tmp_path: Path) -> None:
     out = get_runner("training-dynamics").run(ctx)
 
     assert out.scores is not None
-    assert list(out.scores.columns) == list(SCORE_COLUMNS)
+    assert list(out.scores.columns) == list(TABLE_COLUMNS)
     assert len(out.scores) == ctx.dataset.n_train
     assert np.isfinite(out.scores.to_numpy(dtype=float)).all()
     expected_keys = {"train_accuracy", "test_accuracy", "epochs", "seconds", "settings", "auroc_noisy"}
@@ -280,6 +281,17 @@ def test_runner_default_request_flags_flipped_digits(tmp_path: Path) -> None:
     assert out.summary["auroc_noisy"]["margin"] == pytest.approx(roc_auc_score(mask, -out.scores["margin"]))
     assert set(out.summary["auroc_noisy"]) == set(SCORE_COLUMNS)
 
+    # The table agrees with the summary: the documented ranking rule (never-learned rows
+    # first, then by forgetting_events) applied to the table's columns gives its AUROC.
+    table = out.scores
+    assert table["never_learned"].dtype == bool and table["never_learned"].any()
+    assert (table.loc[table["never_learned"], "forgetting_events"] == 0).all()
+    ranked = forgetting_rank(
+        table["forgetting_events"].to_numpy(), table["never_learned"].to_numpy(), out.summary["epochs"]
+    )
+    from_table = roc_auc_score(mask, ranked)
+    assert out.summary["auroc_noisy"]["forgetting_events"] == pytest.approx(from_table, abs=1e-12)
+
 
 def test_runner_without_noise_has_no_auroc(tmp_path: Path) -> None:
     request = {
@@ -291,7 +303,7 @@ def test_runner_without_noise_has_no_auroc(tmp_path: Path) -> None:
     out = get_runner("training-dynamics").run(make_context(request, tmp_path))
     assert "auroc_noisy" not in out.summary
     assert out.summary["test_accuracy"] is None
-    assert out.scores is not None and out.scores.shape == (60, len(SCORE_COLUMNS))
+    assert out.scores is not None and out.scores.shape == (60, len(TABLE_COLUMNS))
 
 
 @pytest.mark.slow

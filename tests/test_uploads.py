@@ -618,3 +618,192 @@ def test_damaged_valid_files_never_crash(
         assert exc.detail
     else:
         assert ds.x.dtype == np.float32 and np.isfinite(ds.x).all() and ds.n_classes >= 2
+
+
+# ---------------------------------------------------------------------------------------
+# Mistakes that parse fine but would give quietly wrong results, and the upload options
+
+
+def _opts(**kw: Any) -> Any:
+    from service.uploads import UploadOptions
+
+    return UploadOptions(**kw)
+
+
+def _csv(tmp_path: Path, df: pd.DataFrame, name: str = "t.csv") -> Path:
+    path = tmp_path / name
+    df.to_csv(path, index=False)
+    return path
+
+
+def _features(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
+
+
+def test_duplicate_ids_are_refused_with_the_fix(tmp_path: Path) -> None:
+    df = _features(6).assign(label=[0, 1] * 3, id=["a", "b", "c", "a", "e", "f"])
+    err = _refused(
+        _csv(tmp_path, df), r"unique ids; 'a' appears 2 times \(rows \[0, 3\]\).*exclude_columns=id"
+    )
+    assert err.field == "id"
+    ds = parse_upload(_csv(tmp_path, df), "t.csv", LIMITS, _opts(exclude_columns=("id",)))
+    assert ds.ids is None and ds.input_shape == (2,)
+    npz = _npz(tmp_path, x=np.ones((3, 2)), y=np.array([0, 1, 0]), ids=np.array(["p", "q", "p"]))
+    assert _refused(npz, "'p' appears 2 times").field == "ids"
+
+
+def test_labels_that_skip_a_class_are_refused_unless_remapped(tmp_path: Path) -> None:
+    df = _features(6).assign(label=[1, 2, 1, 2, 1, 2])
+    err = _refused(
+        _csv(tmp_path, df), r"labels run 1\.\.2, so k = 3 and class\(es\) \[0\].*remap_labels=true"
+    )
+    assert err.field == "label"
+    ds = parse_upload(_csv(tmp_path, df), "t.csv", LIMITS, _opts(remap_labels=True))
+    assert ds.n_classes == 2 and ds.y.tolist() == [0, 1, 0, 1, 0, 1]
+    assert ds.class_names == ["1", "2"] and ds.describe()["class_counts"] == [3, 3]
+
+
+def test_text_labels_map_to_sorted_codes_with_class_names(tmp_path: Path) -> None:
+    df = _features(5).assign(label=["dog", "cat", "dog", "eel", "cat"], split="train")
+    df.loc[4, "split"] = "test"
+    for fmt in ("csv", "parquet"):
+        path = tmp_path / f"t.{fmt}"
+        df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path)
+        ds = _parse(path)
+        assert ds.class_names == ["cat", "dog", "eel"] and ds.n_classes == 3
+        assert ds.y.tolist() == [1, 0, 1, 2] and ds.y_test is not None and ds.y_test.tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda df: df.reset_index(),  # an 'index' column
+        lambda df: df.assign(row=np.arange(len(df))),  # a 0..n-1 run under another name
+        lambda df: df.assign(row=np.arange(1, len(df) + 1)),  # 1..n
+    ],
+)
+def test_index_like_columns_are_refused_unless_an_option_says_what_to_do(tmp_path: Path, make: Any) -> None:
+    df = make(_features(8).assign(label=[0, 1] * 4))
+    path = _csv(tmp_path, df)
+    name = "index" if "index" in df.columns else "row"
+    err = _refused(path, rf"{name}'.*row index.*index=False.*exclude_columns={name}")
+    assert err.field == name
+    dropped = parse_upload(path, "t.csv", LIMITS, _opts(exclude_columns=(name,)))
+    assert dropped.input_shape == (2,) and dropped.feature_names == ["a", "b"]
+    kept = parse_upload(path, "t.csv", LIMITS, _opts(feature_columns=(name, "a")))
+    assert kept.feature_names == [name, "a"] and kept.input_shape == (2,)
+
+
+def test_pandas_index_column_can_be_excluded_by_its_pandas_name(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    _features(4).assign(label=[0, 1, 0, 1]).to_csv(path)  # index=True: an unnamed first column
+    _refused(path, r"'Unnamed: 0'.*index=False")
+    ds = parse_upload(path, "t.csv", LIMITS, _opts(exclude_columns=("Unnamed: 0",)))
+    assert ds.feature_names == ["a", "b"]
+
+
+def test_column_options_name_unknown_columns_with_a_suggestion(tmp_path: Path) -> None:
+    path = _csv(tmp_path, _features(4).assign(target=[0, 1, 0, 1]))
+    _refused(path, r"must have a 'label' column.*\(did you mean|label_column option")
+    ds = parse_upload(path, "t.csv", LIMITS, _opts(label_column="target"))
+    assert ds.y.tolist() == [0, 1, 0, 1]
+    with pytest.raises(UploadError, match=r"'exclude_columns' option names column 'bb'.*did you mean 'b'"):
+        parse_upload(path, "t.csv", LIMITS, _opts(label_column="target", exclude_columns=("bb",)))
+    with pytest.raises(UploadError, match="not both"):
+        parse_upload(path, "t.csv", LIMITS, _opts(feature_columns=("a",), exclude_columns=("b",)))
+    npz = _npz(tmp_path, x=XY["x"], y=XY["y"])
+    with pytest.raises(UploadError, match=r"\['label_column'\] apply to CSV and Parquet"):
+        parse_upload(npz, "d.npz", LIMITS, _opts(label_column="y"))
+
+
+def test_truth_column_is_kept_for_the_training_rows(tmp_path: Path) -> None:
+    df = _features(6).assign(
+        label=["a", "b", "a", "b", "a", "b"], clean=["a", "b", "b", "b", "a", "a"], split="train"
+    )
+    df.loc[5, "split"] = "test"
+    ds = parse_upload(_csv(tmp_path, df), "t.csv", LIMITS, _opts(truth_column="clean"))
+    assert ds.y_true is not None and ds.y_true.tolist() == [0, 1, 1, 1, 0]
+    assert ds.feature_names == ["a", "b"]  # the truth column is not a feature
+    assert ds.describe()["n_mislabeled"] == 1 and ds.describe()["has_truth"]
+    bad = df.assign(clean=["a", "b", "zebra", "b", "a", "a"])
+    with pytest.raises(UploadError, match=r"'zebra'.*not one of the labels"):
+        parse_upload(_csv(tmp_path, bad), "t.csv", LIMITS, _opts(truth_column="clean"))
+
+
+def test_scale_warning_and_standardize_with_training_statistics(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame(
+        {"small": rng.normal(0, 0.01, 40), "big": rng.normal(500, 300, 40), "label": [0, 1] * 20}
+    ).assign(split=["train"] * 30 + ["test"] * 10)
+    path = _csv(tmp_path, df)
+    plain = _parse(path)
+    assert len(plain.warnings) == 1 and "standardize=true" in plain.warnings[0] and "big" in plain.warnings[0]
+    ds = parse_upload(path, "t.csv", LIMITS, _opts(standardize=True))
+    assert ds.warnings == []
+    train = df[df.split == "train"][["small", "big"]].to_numpy(dtype=np.float32).astype(np.float64)
+    mean, std = train.mean(0), train.std(0)
+    np.testing.assert_allclose(ds.x, (train - mean) / std, rtol=1e-5, atol=1e-5)
+    test = df[df.split == "test"][["small", "big"]].to_numpy(dtype=np.float32).astype(np.float64)
+    assert ds.x_test is not None
+    np.testing.assert_allclose(ds.x_test, (test - mean) / std, rtol=1e-5, atol=1e-5)
+    stats = ds.describe()["standardization"]
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-9)
+    np.testing.assert_allclose(stats["std"], std, rtol=1e-9)
+    assert _parse(_csv(tmp_path, _table().drop(columns=["id"]), "ok.csv")).warnings == []
+
+
+def test_canonical_file_keeps_truth_class_names_and_statistics(tmp_path: Path) -> None:
+    from infoscore.data import load_npz
+
+    df = _features(8).assign(label=["x", "y"] * 4, truth=["x", "y", "y", "y", "x", "y", "x", "y"])
+    ds = parse_upload(_csv(tmp_path, df), "t.csv", LIMITS, _opts(truth_column="truth", standardize=True))
+    out = tmp_path / "c.npz"
+    write_canonical_npz(ds, out)
+    loaded = load_npz(str(out))
+    assert loaded.noisy_mask is not None and loaded.noisy_mask.tolist() == [False, False, True] + [False] * 5
+    assert loaded.y_train_clean is not None and loaded.info["class_names"] == ["x", "y"]
+    again = _parse(out)  # the canonical file re-uploads as is
+    assert again.class_names == ["x", "y"] and again.y_true is not None
+    np.testing.assert_array_equal(again.x, ds.x)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    label=st.sampled_from(["label", "y", "f1", "nope"]),
+    id_col=st.sampled_from([None, "id", "f2", "label"]),
+    features=st.one_of(st.none(), st.lists(st.sampled_from(["f1", "f2", "id", "y", "zz"]), max_size=3)),
+    exclude=st.lists(st.sampled_from(["f1", "f2", "id", "split", "zz", "Unnamed: 0"]), max_size=2),
+    truth=st.sampled_from([None, "y", "label", "f2"]),
+    standardize=st.booleans(),
+    remap=st.booleans(),
+)
+def test_random_options_pass_or_raise_an_upload_error(
+    tmp_path: Path,
+    label: str,
+    id_col: str | None,
+    features: list[str] | None,
+    exclude: list[str],
+    truth: str | None,
+    standardize: bool,
+    remap: bool,
+) -> None:
+    path = tmp_path / "opts.csv"
+    _table().assign(y=["a", "b", "a", "b", "b", "a"]).to_csv(path, index=False)
+    options = _opts(
+        label_column=label,
+        id_column=id_col,
+        feature_columns=None if features is None else tuple(features),
+        exclude_columns=tuple(exclude),
+        truth_column=truth,
+        standardize=standardize,
+        remap_labels=remap,
+    )
+    try:
+        ds = parse_upload(path, "opts.csv", LIMITS, options)
+    except UploadError as exc:
+        assert exc.detail and isinstance(exc.field, str)
+        return
+    assert ds.x.shape[0] == ds.y.shape[0] and ds.n_classes >= 2
+    assert ds.feature_names is not None and len(ds.feature_names) == ds.x.shape[1]
+    assert int(ds.y.max()) < ds.n_classes and np.isfinite(ds.x).all()

@@ -1,4 +1,4 @@
-"""Runners of the ``supervision-complexity`` and ``distillation`` job kinds (SCIENCE.md 5).
+"""Runners of the ``supervision-complexity`` and ``distillation`` job kinds (docs/science.md §5).
 
 Thin: build the teacher and the student from their specs, call ``infoscore.distill``,
 and turn the rows into the summary, ``student.safetensors`` and ``complexity.png``.

@@ -1,4 +1,4 @@
-"""Runner of the ``fcmi-bound`` job kind: sample-wise f-CMI bounds (SCIENCE.md section 3).
+"""Runner of the ``fcmi-bound`` job kind: sample-wise f-CMI bounds (docs/science.md §3).
 
 A fan-out kind. ``plan`` makes one unit per (n, supersample seed, selector seed); each
 unit trains one learner and returns its predicted classes on the 2n supersample inputs;

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from contracts.training_dynamics import KIND, SCORE_COLUMNS
+from contracts.training_dynamics import KIND, SCORE_COLUMNS, TABLE_COLUMNS
 from infoscore.models import build_model
 from infoscore.scores import auroc, suspicion_scores, training_dynamics
 from infoscore.training import as_tensor
@@ -18,7 +18,8 @@ from .base import JobContext, JobOutput, Runner
 
 
 class TrainingDynamicsRunner(Runner):
-    """Trains the job's model on the dataset and returns loss, margin, el2n, grand, forgetting_events.
+    """Trains the job's model on the dataset and returns loss, margin, el2n, grand,
+    forgetting_events and never_learned.
 
     summary: ``train_accuracy`` (final, on the trained-on labels), ``test_accuracy`` (None
     without a test set), ``epochs``, ``seconds``, ``settings``; and ``auroc_noisy`` (score ->
@@ -52,6 +53,10 @@ class TrainingDynamicsRunner(Runner):
             should_stop=ctx.should_stop,
         )
         scores = pd.DataFrame({name: result.scores[name] for name in SCORE_COLUMNS})
+        # forgetting_events counts 0 for a row never learned; never_learned tells those rows
+        # apart, and the ranking rule (never-learned first) is the summary's (see suspicion_scores).
+        scores["never_learned"] = np.asarray(result.never_learned, dtype=bool)
+        assert tuple(scores.columns) == TABLE_COLUMNS
         summary: dict[str, Any] = {
             "train_accuracy": result.train_accuracy,
             "test_accuracy": result.test_accuracy if has_test else None,
