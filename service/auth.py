@@ -105,3 +105,17 @@ class RateLimiter:
                     limit=self.rate,
                 )
             self._buckets[key] = (tokens - 1.0, now)
+
+
+# The browser pages (/ui) keep the API key in this cookie, set by the login form:
+# HttpOnly (no script reads it) and SameSite=Strict (no other site's page sends it).
+KEY_COOKIE = "infoscore_key"
+
+
+def authenticate_page(
+    authorization: str | None, cookie_key: str | None, *, auth: str, resolver: KeyResolver
+) -> Caller:
+    """The pages honour ``Authorization`` as the API does, else the login cookie."""
+    if not authorization and cookie_key:
+        authorization = f"Bearer {cookie_key}"
+    return authenticate(authorization, auth=auth, resolver=resolver)
