@@ -22,9 +22,9 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 @dataclass
 class Series:
     label: str
-    x: Sequence[float]
-    y: Sequence[float]
-    yerr: Sequence[float] | None = None
+    x: Sequence[float | None]
+    y: Sequence[float | None]
+    yerr: Sequence[float | None] | None = None
     dashed: bool = False
     color: str | None = None
 
@@ -103,12 +103,11 @@ def _text(x: float, y: float, s: str, *, anchor: str = "middle", size: int = 11,
     )
 
 
-def _frame(title: str, xs: _Scale, ys: _Scale, xlabel: str, ylabel: str, xticks: list[float] | None) -> list[str]:
+def _frame(
+    title: str, xs: _Scale, ys: _Scale, xlabel: str, ylabel: str, xticks: list[float] | None
+) -> list[str]:
     x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP
-    out = [
-        f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
-        _text(WIDTH / 2, 20, title, size=13),
-    ]
+    out = [_text(WIDTH / 2, 20, title, size=13)]
     for t in ys.ticks():
         py = ys(t)
         out.append(f'<line x1="{x0}" y1="{py:.1f}" x2="{x1}" y2="{py:.1f}" stroke="#e5e5e5"/>')
@@ -124,21 +123,32 @@ def _frame(title: str, xs: _Scale, ys: _Scale, xlabel: str, ylabel: str, xticks:
     return out
 
 
-def _legend(items: list[tuple[str, str, bool]]) -> list[str]:
+def _legend(items: list[tuple[str, str, bool]]) -> tuple[list[str], int]:
+    """Legend rows under the x-axis label (never over the data), two per row. -> (parts, height)."""
     out = []
-    x, y = LEFT + 10, TOP + 8
-    for label, color, dashed in items:
+    columns = 1 if len(items) <= 2 else 2
+    col_width = (WIDTH - LEFT) // columns
+    for i, (label, color, dashed) in enumerate(items):
+        x = LEFT + (i % columns) * col_width
+        y = HEIGHT + 4 + (i // columns) * 15
         dash = ' stroke-dasharray="5 3"' if dashed else ""
-        out.append(f'<line x1="{x}" y1="{y}" x2="{x + 18}" y2="{y}" stroke="{color}" stroke-width="2.5"{dash}/>')
+        out.append(
+            f'<line x1="{x}" y1="{y}" x2="{x + 18}" y2="{y}" stroke="{color}" stroke-width="2.5"{dash}/>'
+        )
         out.append(_text(x + 23, y + 4, label, anchor="start", size=10))
-        y += 14
-    return out
+    rows = -(-len(items) // columns)
+    return out, rows * 15 + 6 if items else 0
 
 
-def _svg(parts: list[str], title: str) -> str:
+def _svg(parts: list[str], title: str, legend: tuple[list[str], int] = ([], 0)) -> str:
+    height = HEIGHT + legend[1]
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img"><title>{escape(title)}</title>' + "".join(parts) + "</svg>"
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" role="img"><title>{escape(title)}</title>'
+        f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>'
+        + "".join(parts)
+        + "".join(legend[0])
+        + "</svg>"
     )
 
 
@@ -157,15 +167,16 @@ def line_chart(
     """Lines with markers (and error bars when ``yerr`` is given). None when nothing to draw."""
     pts: list[tuple[Series, list[tuple[float, float, float]]]] = []
     for s in series:
-        err = s.yerr if s.yerr is not None else [0.0] * len(s.y)
+        err: Sequence[float | None] = s.yerr if s.yerr is not None else [0.0] * len(s.y)
         row = []
-        for x, y, e in zip(s.x, s.y, err, strict=False):
-            if x is None or y is None or not (math.isfinite(float(x)) and math.isfinite(float(y))):
+        for xv, yv, ev in zip(s.x, s.y, err, strict=False):
+            if xv is None or yv is None or not (math.isfinite(float(xv)) and math.isfinite(float(yv))):
                 continue
+            x, y = float(xv), float(yv)
             if (logx and x <= 0) or (logy and y <= 0):
                 continue
-            e = float(e) if e is not None and math.isfinite(float(e)) else 0.0
-            row.append((float(x), float(y), e))
+            e = float(ev) if ev is not None and math.isfinite(float(ev)) else 0.0
+            row.append((x, y, e))
         if row:
             pts.append((s, sorted(row)))
     if not pts:
@@ -200,8 +211,7 @@ def line_chart(
             if len(row) <= 60:
                 parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{color}"/>')
         legend.append((s.label, color, s.dashed))
-    parts += _legend(legend)
-    return Chart(name, title, _svg(parts, title))
+    return Chart(name, title, _svg(parts, title, _legend(legend)))
 
 
 def ys_lo(scale: _Scale) -> float:
@@ -245,8 +255,8 @@ def histogram(
     if hi == lo:
         lo, hi = lo - 0.5, hi + 0.5
     width = (hi - lo) / bins
-    plain = [0] * bins
-    marked = [0] * bins
+    plain: list[int] = [0] * bins
+    marked: list[int] = [0] * bins
     for v, h in pairs:
         b = min(int((v - lo) / width), bins - 1)
         (marked if h else plain)[b] += 1
@@ -267,11 +277,11 @@ def histogram(
                 f'<rect x="{x_left:.1f}" y="{ys(plain[i] + marked[i]):.1f}" width="{w:.1f}" '
                 f'height="{ys(plain[i]) - ys(plain[i] + marked[i]):.1f}" fill="{PALETTE[1]}"/>'
             )
-    legend = [(f"{labels[0]} ({sum(plain)})", PALETTE[0], False)]
-    if highlight is not None and sum(marked):
-        legend.append((f"{labels[1]} ({sum(marked)})", PALETTE[1], False))
-    parts += _legend(legend)
-    return Chart(name, title, _svg(parts, title))
+    n_plain, n_marked = int(sum(plain)), int(sum(marked))
+    legend: list[tuple[str, str, bool]] = [(f"{labels[0]} ({n_plain})", PALETTE[0], False)]
+    if highlight is not None and n_marked:
+        legend.append((f"{labels[1]} ({n_marked})", PALETTE[1], False))
+    return Chart(name, title, _svg(parts, title, _legend(legend)))
 
 
 def bar_chart(
@@ -313,5 +323,5 @@ def bar_chart(
                     f'y2="{ys(float(v) + e):.1f}" stroke="#222"/>'
                 )
             parts.append(_text(x + (bar - 2) / 2, top - 4, f"{float(v):.3f}", size=9))
-    parts += _legend([(label, PALETTE[i % len(PALETTE)], False) for i, (label, _, _) in enumerate(series)])
-    return Chart(name, title, _svg(parts, title))
+    legend = [(label, PALETTE[i % len(PALETTE)], False) for i, (label, _, _) in enumerate(series)]
+    return Chart(name, title, _svg(parts, title, _legend(legend)))

@@ -61,10 +61,17 @@ def encode_png(pixels: np.ndarray) -> bytes:
     raw = b"".join(b"\x00" + a[r].tobytes() for r in range(height))
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def thumbnail_png(image: np.ndarray) -> bytes:
@@ -110,7 +117,9 @@ class ImageCache:
 CACHE = ImageCache()
 
 
-def load_images(artifact: Path | None, dataset_file: Path | None, input_shape: list[int]) -> np.ndarray | None:
+def load_images(
+    artifact: Path | None, dataset_file: Path | None, input_shape: list[int]
+) -> np.ndarray | None:
     """uint8 training images, from the job's artifact or the uploaded dataset; None if neither."""
     if artifact is not None and artifact.is_file():
         key = f"artifact:{artifact}:{artifact.stat().st_mtime_ns}"

@@ -36,14 +36,28 @@ def _training_dynamics(summary: Summary, table: Any) -> list[Chart | None]:
     epochs = summary.get("epochs")
     return [
         _hist(table, "el2n", "el2n-histogram.svg", "EL2N score, flipped labels in red"),
-        _hist(table, "forgetting_events", "forgetting-histogram.svg", f"Forgetting events over {epochs} epochs"),
+        _hist(
+            table, "forgetting_events", "forgetting-histogram.svg", f"Forgetting events over {epochs} epochs"
+        ),
     ]
 
 
 def _sample_information(summary: Summary, table: Any) -> list[Chart | None]:
     return [
-        _hist(table, "si_weights", "si-weights-histogram.svg", "Sample information (weights), flipped labels in red", "SI in nats"),
-        _hist(table, "si_predictions", "si-predictions-histogram.svg", "Sample information (predictions)", "F-SI in nats"),
+        _hist(
+            table,
+            "si_weights",
+            "si-weights-histogram.svg",
+            "Sample information (weights), flipped labels in red",
+            "SI in nats",
+        ),
+        _hist(
+            table,
+            "si_predictions",
+            "si-predictions-histogram.svg",
+            "Sample information (predictions)",
+            "F-SI in nats",
+        ),
     ]
 
 
@@ -59,8 +73,15 @@ def _fcmi(summary: Summary, table: Any) -> list[Chart | None]:
                 "bound-vs-n.svg",
                 "f-CMI bound and generalization gap vs n",
                 [
-                    Series(label, ns, [r.get("bound_mean") for r in by_n], [r.get("bound_std") for r in by_n]),
-                    Series("measured gap", ns, [r.get("gap_mean") for r in by_n], [r.get("gap_std") for r in by_n]),
+                    Series(
+                        label, ns, [r.get("bound_mean") for r in by_n], [r.get("bound_std") for r in by_n]
+                    ),
+                    Series(
+                        "measured gap",
+                        ns,
+                        [r.get("gap_mean") for r in by_n],
+                        [r.get("gap_std") for r in by_n],
+                    ),
                 ],
                 xlabel="n (training samples)",
                 ylabel="error (0-1 loss)",
@@ -84,7 +105,11 @@ def _fcmi(summary: Summary, table: Any) -> list[Chart | None]:
             series.append(Series(f"gap, n = {n}", xs, [r.get("gap_mean") for r in rows], dashed=True))
         charts.append(
             line_chart(
-                "bound-vs-epoch.svg", "f-CMI bound and gap vs epoch", series, xlabel="epoch", ylabel="error (0-1 loss)"
+                "bound-vs-epoch.svg",
+                "f-CMI bound and gap vs epoch",
+                series,
+                xlabel="epoch",
+                ylabel="error (0-1 loss)",
             )
         )
     return charts
@@ -104,10 +129,33 @@ def _limit(summary: Summary, table: Any) -> list[Chart | None]:
         if curves.get(f"baseline_{key}"):
             series.append(Series("cross-entropy baseline", epoch, curves[f"baseline_{key}"]))
         if key == "train_accuracy_noisy" and noise is not None and epoch:
-            series.append(Series("1 − p (clean fraction)", [epoch[0], epoch[-1]], [1 - noise] * 2, dashed=True, color="#777"))
-        charts.append(line_chart(f"{key.replace('_', '-')}.svg", title, series, xlabel="epoch", ylabel="accuracy", ylim=(0.0, 1.02)))
+            series.append(
+                Series(
+                    "1 − p (clean fraction)",
+                    [epoch[0], epoch[-1]],
+                    [1 - noise] * 2,
+                    dashed=True,
+                    color="#777",
+                )
+            )
+        charts.append(
+            line_chart(
+                f"{key.replace('_', '-')}.svg",
+                title,
+                series,
+                xlabel="epoch",
+                ylabel="accuracy",
+                ylim=(0.0, 1.02),
+                xticks_at_data=True,
+            )
+        )
     charts.append(
-        _hist(table, "label_noise_score", "label-noise-score-histogram.svg", "LIMIT label-noise score, flipped labels in red")
+        _hist(
+            table,
+            "label_noise_score",
+            "label-noise-score-histogram.svg",
+            "LIMIT label-noise score, flipped labels in red",
+        )
     )
     return charts
 
@@ -137,6 +185,7 @@ def _supervision_complexity(summary: Summary, table: Any) -> list[Chart | None]:
             xlabel="student epoch",
             ylabel="adjusted complexity",
             logy=True,
+            xticks_at_data=True,
         )
     ]
 
@@ -150,28 +199,18 @@ def _distillation(summary: Summary, table: Any) -> list[Chart | None]:
             "Student accuracy per distillation mode (mean ± std over seeds)",
             names,
             [
-                ("test", [modes[m].get("test_accuracy_mean") for m in names], [modes[m].get("test_accuracy_std") for m in names]),
+                (
+                    "test",
+                    [modes[m].get("test_accuracy_mean") for m in names],
+                    [modes[m].get("test_accuracy_std") for m in names],
+                ),
                 ("train", [modes[m].get("train_accuracy_mean") for m in names], None),
             ],
             ylabel="accuracy",
             ylim=(0.0, 1.05),
         )
     ]
-    curves = [r for r in summary.get("complexity_curves") or [] if isinstance(r, dict)]
-    if curves:
-        series: list[Series] = []
-        for mode in dict.fromkeys(str(r.get("mode")) for r in curves):
-            series += _complexity_series([r for r in curves if str(r.get("mode")) == mode], prefix=f"{mode}: ")
-        charts.append(
-            line_chart(
-                "complexity.svg",
-                "Adjusted supervision complexity during distillation",
-                series,
-                xlabel="student epoch",
-                ylabel="adjusted complexity",
-                logy=True,
-            )
-        )
+    # The complexity curves per mode are the worker's complexity.png (one panel per mode).
     return charts
 
 

@@ -72,7 +72,9 @@ def _html(template: str, http_status: int = 200, **context: Any) -> HTMLResponse
 def _error_page(request: Request, exc: ProblemError) -> Response:
     if exc.status == 401:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/ui/login?{urlencode({'next': target})}", status_code=303, headers=SECURITY_HEADERS)
+        return RedirectResponse(
+            f"/ui/login?{urlencode({'next': target})}", status_code=303, headers=SECURITY_HEADERS
+        )
     return _html("error.html", exc.status, status=exc.status, detail=exc.detail, auth=_auth_mode(request))
 
 
@@ -150,7 +152,11 @@ def login(
     key = api_key.strip()
     if gw.settings.auth == "required" and gw.keys.resolve(key) is None:
         return _html(
-            "login.html", 401, next=target, auth=_auth_mode(request), error="That API key is not valid (unknown or revoked)."
+            "login.html",
+            401,
+            next=target,
+            auth=_auth_mode(request),
+            error="That API key is not valid (unknown or revoked).",
         )
     response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(
@@ -177,7 +183,11 @@ def static(name: str) -> Response:
     path = STATIC / name
     if name not in {p.name for p in STATIC.iterdir()} or path.suffix not in STATIC_TYPES:
         raise ProblemError(404, f"No static file {name!r}.", type_="not-found")
-    return FileResponse(path, media_type=STATIC_TYPES[path.suffix], headers={**SECURITY_HEADERS, "Cache-Control": "max-age=300"})
+    return FileResponse(
+        path,
+        media_type=STATIC_TYPES[path.suffix],
+        headers={**SECURITY_HEADERS, "Cache-Control": "max-age=300"},
+    )
 
 
 # ------------------------------------------------------------------- jobs
@@ -201,7 +211,9 @@ def jobs_page(
         state = state or None
         kind = kind or None
         if state is not None and state not in {s.value for s in JobState}:
-            raise ProblemError(422, f"The 'state' filter must be one of {[s.value for s in JobState]}. Got {state!r}.")
+            raise ProblemError(
+                422, f"The 'state' filter must be one of {[s.value for s in JobState]}. Got {state!r}."
+            )
         if kind is not None and kind not in JOB_KINDS:
             raise ProblemError(422, f"The 'kind' filter must be one of {list(JOB_KINDS)}. Got {kind!r}.")
         before = None
@@ -214,12 +226,16 @@ def jobs_page(
             except Exception as exc:
                 raise ProblemError(400, "The 'cursor' parameter is malformed.") from exc
         # The name filter is applied to the fetched page (the store filters by state and kind).
-        rows = _gateway(request).store.list_jobs(tenant=tenant, state=state, kind=kind, limit=limit + 1, before=before)
+        rows = _gateway(request).store.list_jobs(
+            tenant=tenant, state=state, kind=kind, limit=limit + 1, before=before
+        )
         next_url = None
         if len(rows) > limit:
             rows = rows[:limit]
             last = rows[-1]
-            params = {k: v for k, v in {"state": state, "kind": kind, "name": name, "limit": limit}.items() if v}
+            params = {
+                k: v for k, v in {"state": state, "kind": kind, "name": name, "limit": limit}.items() if v
+            }
             params["cursor"] = _encode_cursor({"t": last["created_at"].isoformat(), "id": last["id"]})
             next_url = f"/ui/jobs?{urlencode(params)}"
         if name:
@@ -280,13 +296,17 @@ def job_page(
             if sort is not None and sort not in columns:
                 raise ProblemError(422, f"The 'sort' parameter must be one of {columns}. Got {sort!r}.")
             sort_by = sort or views.default_sort(job["kind"], columns)
-            ordered = table.sort_values(sort_by, ascending=(order == "asc"), kind="stable") if sort_by else table
+            ordered = (
+                table.sort_values(sort_by, ascending=(order == "asc"), kind="stable") if sort_by else table
+            )
             chunk = ordered.iloc[offset : offset + rows]
             body = json.loads(chunk.to_json(orient="records"))
 
             def link(**changes: Any) -> str:
                 params = {"sort": sort_by, "order": order, "offset": offset, "rows": rows, **changes}
-                return f"/ui/jobs/{job_id}?{urlencode({k: v for k, v in params.items() if v is not None})}#rows"
+                return (
+                    f"/ui/jobs/{job_id}?{urlencode({k: v for k, v in params.items() if v is not None})}#rows"
+                )
 
             page = {
                 "columns": columns,
@@ -313,7 +333,9 @@ def job_page(
             "job.html",
             job=job,
             terminal=JobState(job["state"]) in TERMINAL_STATES,
-            pct=(100.0 * job["progress"]["done"] / job["progress"]["total"]) if job["progress"]["total"] else 0.0,
+            pct=(100.0 * job["progress"]["done"] / job["progress"]["total"])
+            if job["progress"]["total"]
+            else 0.0,
             age=views.age(job["created_at"]),
             sections=views.summary_sections(summary),
             charts=charts,
@@ -371,7 +393,9 @@ def job_sample(
     if pixels is None:
         raise ProblemError(404, f"Job {job_id}'s dataset has no images to show.", type_="not-found")
     if not 0 <= index < pixels.shape[0]:
-        raise ProblemError(404, f"No training sample {index} (the dataset has {pixels.shape[0]}).", type_="not-found")
+        raise ProblemError(
+            404, f"No training sample {index} (the dataset has {pixels.shape[0]}).", type_="not-found"
+        )
     return Response(images.thumbnail_png(pixels[index]), media_type="image/png", headers=SECURITY_HEADERS)
 
 
@@ -387,11 +411,17 @@ def job_file(
     try:
         path = gw.artifacts.artifact_path(job_id, name)
     except ValueError as exc:
-        raise ProblemError(400, f"The artifact name {name!r} is not valid.", type_="bad-artifact-name") from exc
+        raise ProblemError(
+            400, f"The artifact name {name!r} is not valid.", type_="bad-artifact-name"
+        ) from exc
     if not path.is_file():
         raise ProblemError(404, f"Job {job_id} has no artifact {name!r}.", type_="not-found")
     media = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
     inline = path.suffix in (".png", ".json", ".csv")
     return FileResponse(
-        path, media_type=media, filename=name, content_disposition_type="inline" if inline else "attachment", headers=SECURITY_HEADERS
+        path,
+        media_type=media,
+        filename=name,
+        content_disposition_type="inline" if inline else "attachment",
+        headers=SECURITY_HEADERS,
     )

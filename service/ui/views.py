@@ -32,9 +32,19 @@ def fmt_value(value: Any) -> str:
             return str(value)
         return f"{value:.4g}"
     if isinstance(value, list | dict):
-        text = json.dumps(value)
+        text = json.dumps(_rounded(value))
         return text if len(text) <= 160 else text[:157] + "…"
     return str(value)
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.4g}")
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
 
 
 def age(created: datetime | None, now: datetime | None = None) -> str:
@@ -140,7 +150,10 @@ def galleries(table: Any) -> list[dict[str, Any]]:
         if items:
             out.append({"title": title, "items": items})
 
-    for col, title in (("si_weights", "Most informative samples (SI)"), ("si_predictions", "Most informative samples (F-SI)")):
+    for col, title in (
+        ("si_weights", "Most informative samples (SI)"),
+        ("si_predictions", "Most informative samples (F-SI)"),
+    ):
         if col in cols:
             add(title, table.sort_values(col, ascending=False, kind="stable"), col)
             break
@@ -152,9 +165,17 @@ def galleries(table: Any) -> list[dict[str, Any]]:
             flagged = flagged.sort_values(score, ascending=False, kind="stable")
         add(f"Suspected mislabeled ({len(flagged)} flagged)", flagged, score)
     if "forgetting_events" in cols:
-        add("Most forgotten samples", table.sort_values("forgetting_events", ascending=False, kind="stable"), "forgetting_events")
+        add(
+            "Most forgotten samples",
+            table.sort_values("forgetting_events", ascending=False, kind="stable"),
+            "forgetting_events",
+        )
     if not out:
         numeric = [c for c in cols if c not in ("index", "label") and table[c].dtype.kind == "f"]
         if numeric:
-            add(f"Top samples by {numeric[0]}", table.sort_values(numeric[0], ascending=False, kind="stable"), numeric[0])
+            add(
+                f"Top samples by {numeric[0]}",
+                table.sort_values(numeric[0], ascending=False, kind="stable"),
+                numeric[0],
+            )
     return out
