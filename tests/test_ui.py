@@ -246,6 +246,14 @@ def test_job_page_sorts_and_pages_the_table_and_lists_samples(pages: Any) -> Non
     request = {"kind": "sample-information", "dataset": {"builtin": "digits"}, "model": {"arch": "linear"}}
     job = _finished_job(gw, "alice", request, {"train_accuracy": 1.0}, table)
     headers = {"Authorization": f"Bearer {keys['alice']}"}
+    # Without pixels (a digits job from before workers wrote sample_images.npy): no images.
+    page = client.get(f"/ui/jobs/{job}", headers=headers).text
+    assert "rows 1–20 of 45" in page and "/samples/" not in page and "Most informative" not in page
+    assert client.get(f"/ui/jobs/{job}/samples/0.png", headers=headers).status_code == 404
+    pixels = np.random.default_rng(2).integers(0, 256, (45, 1, 8, 8), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.save(buf, pixels)
+    gw.artifacts.write(job, "sample_images.npy", buf.getvalue())
     page = client.get(f"/ui/jobs/{job}", headers=headers).text
     top = table.sort_values("si_weights", ascending=False, kind="stable")
     assert "rows 1–20 of 45, sorted by <code>si_weights</code> (desc)" in page
@@ -258,8 +266,60 @@ def test_job_page_sorts_and_pages_the_table_and_lists_samples(pages: Any) -> Non
     assert "rows 41–45 of 45" in page3 and 'id="next-rows"' not in page3 and 'id="prev-rows"' in page3
     bad = client.get(f"/ui/jobs/{job}", headers=headers, params={"sort": "nope"})
     assert bad.status_code == 422 and "must be one of" in bad.text
-    # No images without pixels (neither a worker artifact nor an uploaded file).
-    assert client.get(f"/ui/jobs/{job}/samples/0.png", headers=headers).status_code == 404
+    png = client.get(f"/ui/jobs/{job}/samples/5.png", headers=headers)
+    from PIL import Image
+
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png.content)))[::8, ::8], pixels[5, 0])
+
+
+def test_pages_without_keys_on_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auth off (make up): no login, everything is the tenant 'default'."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from store.settings import ServiceSettings
+
+    for key in [k for k in os.environ if k.startswith("INFOSCORE_")]:
+        monkeypatch.delenv(key)
+    app = create_app(ServiceSettings(data_dir=tmp_path / "data", broker_url="redis://127.0.0.1:1/0"))
+    gw = app.state.gateway
+    failed = gw.store.create_job(
+        kind="limit",
+        request={"kind": "limit", "dataset": {"builtin": "digits"}, "model": {"arch": "linear"}},
+        fingerprint="f",
+        tenant="default",
+        name=None,
+    )
+    gw.store.finish(
+        failed["id"], "failed", error={"title": "Unprocessable", "status": 422, "detail": "bad <x>"}
+    )
+    queued = gw.store.create_job(
+        kind="fcmi-bound",
+        request={"kind": "fcmi-bound", "dataset": {"builtin": "digits"}, "model": {"arch": "linear"}},
+        fingerprint="g",
+        tenant="default",
+        name="waiting",
+    )
+    with TestClient(app) as client:
+        listing = client.get("/ui/jobs")
+        assert listing.status_code == 200 and "log out" not in listing.text
+        assert failed["id"] in listing.text and queued["id"] in listing.text
+        only = client.get("/ui/jobs", params={"state": "failed"}).text
+        assert failed["id"] in only and queued["id"] not in only
+        assert client.get("/ui/jobs", params={"kind": "nope"}).status_code == 422
+        page = client.get(f"/ui/jobs/{failed['id']}").text
+        assert "bad &lt;x&gt;" in page and 'data-terminal="yes"' in page
+        running = client.get(f"/ui/jobs/{queued['id']}").text
+        assert 'data-terminal="no"' in running and "/ui/static/job.js" in running
+        status = client.get(f"/ui/jobs/{queued['id']}/status").json()
+        assert status == {
+            "id": queued["id"],
+            "state": "queued",
+            "progress": {"done": 0, "total": 0},
+            "terminal": False,
+        }
+        assert client.get("/ui/static/job.js").headers["content-type"].startswith("text/javascript")
+        assert client.get("/ui/static/..%2Fviews.py").status_code == 404
 
 
 def test_upload_images_come_from_the_dataset_file(pages: Any) -> None:

@@ -110,6 +110,18 @@ def _image_shape(request: Request, job: dict[str, Any], tenant: str) -> list[int
     return None
 
 
+def _has_pixels(request: Request, job: dict[str, Any], tenant: str) -> bool:
+    """Image-like, and the pixels are at hand (a job of a built-in dataset run before
+    workers wrote ``sample_images.npy`` has none): only then does the page draw samples."""
+    if _image_shape(request, job, tenant) is None:
+        return False
+    gw = _gateway(request)
+    ref = job["request"]["dataset"]
+    if gw.artifacts.artifact_path(job["id"], "sample_images.npy").is_file():
+        return True
+    return isinstance(ref, str) and gw.artifacts.dataset_path(ref).is_file()
+
+
 def _images(request: Request, job: dict[str, Any], tenant: str) -> Any:
     shape = _image_shape(request, job, tenant)
     if shape is None:
@@ -290,7 +302,7 @@ def job_page(
         pngs = [a for a in artifacts if a.endswith(".png")]
         page: dict[str, Any] | None = None
         shown_galleries: list[dict[str, Any]] = []
-        image_like = _image_shape(request, job, tenant) is not None
+        image_like = _has_pixels(request, job, tenant)
         if table is not None and len(table.columns):
             columns = [str(c) for c in table.columns]
             if sort is not None and sort not in columns:
