@@ -678,3 +678,34 @@ def test_a_running_jobs_progress_updates_in_place(browser: Any, stack: Stack) ->
     finally:
         client.delete(f"/v1/jobs/{job}")
     assert not _off_host(browser, stack.base)
+
+
+def test_label_issue_style_tables_show_flags_in_rank_order(pages: Any) -> None:
+    """A kind this branch does not define (label-issues) still gets its gallery and plot."""
+    client, gw, keys = pages
+    n = 30
+    rank = np.random.default_rng(4).permutation(n) + 1
+    table = pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "label": np.arange(n) % 3,
+            "suggested_label": (np.arange(n) + 1) % 3,
+            "label_quality": rank / n,
+            "is_label_issue": rank <= 5,
+            "issue_rank": rank,
+        }
+    )
+    request = {"kind": "label-issues", "dataset": {"builtin": "digits"}, "model": {"arch": "linear"}}
+    job = _finished_job(gw, "alice", request, {"n_issues": 5}, table)
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((n, 1, 8, 8), dtype=np.uint8))
+    gw.artifacts.write(job, "sample_images.npy", buf.getvalue())
+    headers = {"Authorization": f"Bearer {keys['alice']}"}
+    page = client.get(f"/ui/jobs/{job}", headers=headers).text
+    assert "Suspected mislabeled (5 flagged)" in page
+    gallery = page.split("Suspected mislabeled")[1].split("</div>")[0]
+    shown = [int(i) for i in re.findall(r'samples/(\d+)\.png" alt', gallery)]
+    assert shown == table.sort_values("issue_rank")["index"].tolist()[:5]
+    assert "suggested " in gallery and "label_quality " in gallery
+    assert "sorted by <code>issue_rank</code> (asc)" in page
+    assert "/plots/label-quality-histogram.svg" in page

@@ -214,6 +214,13 @@ def _distillation(summary: Summary, table: Any) -> list[Chart | None]:
     return charts
 
 
+def _label_issues(summary: Summary, table: Any) -> list[Chart | None]:
+    return [
+        _hist(table, "label_quality", "label-quality-histogram.svg", "Label quality, flipped labels in red"),
+        *_generic(summary, table),
+    ]
+
+
 def _generic(summary: Summary, table: Any) -> list[Chart | None]:
     if table is None:
         return []
@@ -233,6 +240,7 @@ KIND_PLOTS: dict[str, Callable[[Summary, Any], list[Chart | None]]] = {
     "limit": _limit,
     "supervision-complexity": _supervision_complexity,
     "distillation": _distillation,
+    "label-issues": _label_issues,
 }
 
 

@@ -288,7 +288,7 @@ def job_page(
     authorization: AuthHeader = None,
     cookie_key: CookieKey = None,
     sort: Annotated[str | None, Query(max_length=100)] = None,
-    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    order: Annotated[str | None, Query(pattern="^(asc|desc)$")] = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     rows: Annotated[int, Query(ge=1, le=200)] = PAGE_ROWS,
 ) -> Response:
@@ -307,7 +307,8 @@ def job_page(
             columns = [str(c) for c in table.columns]
             if sort is not None and sort not in columns:
                 raise ProblemError(422, f"The 'sort' parameter must be one of {columns}. Got {sort!r}.")
-            sort_by = sort or views.default_sort(job["kind"], columns)
+            sort_by, default_order = (sort, "desc") if sort else views.default_sort(job["kind"], columns)
+            order = order or default_order
             ordered = (
                 table.sort_values(sort_by, ascending=(order == "asc"), kind="stable") if sort_by else table
             )

@@ -10,11 +10,12 @@ from typing import Any
 SCALARS = (str, int, float, bool, type(None))
 MAX_TABLE_ROWS = 200
 
-# Per kind, the column the top-rows table sorts by first (descending).
+# Per kind, the column (and order) the top-rows table sorts by first.
 DEFAULT_SORT = {
-    "training-dynamics": "el2n",
-    "sample-information": "si_weights",
-    "limit": "label_noise_score",
+    "training-dynamics": ("el2n", "desc"),
+    "sample-information": ("si_weights", "desc"),
+    "limit": ("label_noise_score", "desc"),
+    "label-issues": ("issue_rank", "asc"),  # 1 = most likely wrong
 }
 FLAG_COLUMNS = ("suspected_mislabeled", "is_label_issue", "label_issue")
 FLAG_SCORES = ("label_noise_score", "label_issue_score", "issue_score", "self_confidence_issue")
@@ -119,13 +120,13 @@ def summary_sections(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
     return sections
 
 
-def default_sort(kind: str, columns: list[str]) -> str | None:
-    col = DEFAULT_SORT.get(kind)
+def default_sort(kind: str, columns: list[str]) -> tuple[str | None, str]:
+    col, order = DEFAULT_SORT.get(kind, (None, "desc"))
     if col in columns:
-        return col
+        return col, order
     if "si_predictions" in columns:
-        return "si_predictions"
-    return None
+        return "si_predictions", "desc"
+    return None, "desc"
 
 
 def galleries(table: Any) -> list[dict[str, Any]]:
@@ -140,7 +141,7 @@ def galleries(table: Any) -> list[dict[str, Any]]:
             items.append(
                 {
                     "index": int(r["index"]),
-                    "label": r.get("label"),
+                    "label": r.get("label", r.get("given_label")),
                     "suggested": r.get(suggested) if suggested else None,
                     "score": fmt_value(r.get(score)) if score else None,
                     "score_name": score,
@@ -161,7 +162,10 @@ def galleries(table: Any) -> list[dict[str, Any]]:
     if flag is not None:
         flagged = table[table[flag].astype(bool)]
         score = next((c for c in FLAG_SCORES if c in cols), None)
-        if score is not None:
+        if "issue_rank" in cols:  # label-issues: rank 1 = most likely wrong
+            flagged = flagged.sort_values("issue_rank", kind="stable")
+            score = "label_quality" if "label_quality" in cols else score
+        elif score is not None:
             flagged = flagged.sort_values(score, ascending=False, kind="stable")
         add(f"Suspected mislabeled ({len(flagged)} flagged)", flagged, score)
     if "forgetting_events" in cols:
