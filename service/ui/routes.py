@@ -10,7 +10,6 @@ SameSite=Strict cookie set by the login form. Another tenant's job is 404, as in
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -346,9 +345,6 @@ def job_page(
             "job.html",
             job=job,
             terminal=JobState(job["state"]) in TERMINAL_STATES,
-            pct=(100.0 * job["progress"]["done"] / job["progress"]["total"])
-            if job["progress"]["total"]
-            else 0.0,
             age=views.age(job["created_at"]),
             sections=views.summary_sections(summary),
             charts=charts,
@@ -360,7 +356,6 @@ def job_page(
             request_json=request_json,
             auth=_auth_mode(request),
             tenant=tenant,
-            math=math,
         )
     except ProblemError as exc:
         return _error_page(request, exc)
