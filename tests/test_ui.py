@@ -556,6 +556,7 @@ def browser(stack: Stack) -> Iterator[Any]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(30)
+    driver.set_script_timeout(60)
     try:
         driver.get(f"{stack.base}/ui/jobs")
         assert "/ui/login" in driver.current_url  # keys required: the pages ask for one
@@ -586,6 +587,17 @@ Promise.all(imgs.map(i => i.decode().catch(() => null))).then(() => {
   }));
 });
 """
+
+
+def _text_of(driver: Any, element_id: str) -> str:
+    """The element's text, or "" while the page is between loads (the script reloads it
+    when the job ends: the element may be gone or stale for a moment)."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        return str(driver.find_element("id", element_id).text)
+    except WebDriverException:
+        return ""
 
 
 def _off_host(driver: Any, base: str) -> list[str]:
@@ -664,7 +676,7 @@ def test_a_running_jobs_progress_updates_in_place(browser: Any, stack: Stack) ->
         first = browser.find_element("id", "progress-text").text
         browser.execute_script("window.__samePage = true;")
         wait_until(
-            lambda: browser.find_element("id", "progress-text").text != first,
+            lambda: _text_of(browser, "progress-text") not in ("", first),
             30,
             interval=0.3,
             what="progress update",
@@ -672,9 +684,7 @@ def test_a_running_jobs_progress_updates_in_place(browser: Any, stack: Stack) ->
         assert browser.execute_script("return window.__samePage === true")  # updated without a reload
         assert int(browser.find_element("id", "progress").get_attribute("value")) > int(first.split("/")[0])
         client.delete(f"/v1/jobs/{job}")
-        wait_until(
-            lambda: browser.find_element("id", "state").text == "cancelled", 60, what="cancelled shown"
-        )
+        wait_until(lambda: _text_of(browser, "state") == "cancelled", 60, what="cancelled shown")
     finally:
         client.delete(f"/v1/jobs/{job}")
     assert not _off_host(browser, stack.base)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import numpy as np
 from fastapi import APIRouter, Cookie, Form, Header, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -100,8 +101,12 @@ def _table(request: Request, job: dict[str, Any]) -> Any:
 def _image_shape(request: Request, job: dict[str, Any], tenant: str) -> list[int] | None:
     """The training inputs' shape when the job's dataset is image-like, else None."""
     ref = job["request"].get("dataset")
-    if isinstance(ref, dict):
-        return [1, 8, 8] if ref.get("builtin") == "digits" else None
+    if isinstance(ref, dict):  # a built-in: image-like when the worker wrote its pixels
+        artifact = _gateway(request).artifacts.artifact_path(job["id"], "sample_images.npy")
+        if artifact.is_file():
+            shape = [int(s) for s in np.load(artifact, mmap_mode="r", allow_pickle=False).shape[1:]]
+            return shape if images.is_image_shape(shape) else None
+        return None
     if isinstance(ref, str):
         record = _gateway(request).store.get_dataset(ref, tenant)
         if record is not None and images.is_image_shape(record["input_shape"]):
