@@ -16,10 +16,12 @@ from .conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
-# A few integration tests, not the suite: the life of a job and a failing job.
+# A few integration tests, not the suite: the broker is ready, jobs queue, one job runs
+# on a real worker process from submission to its result table.
 TESTS = [
+    "tests/test_api.py::test_health_ready_metrics_openapi",
+    "tests/test_api.py::test_submit_list_cancel_queued",
     "tests/test_integration.py::test_job_life_result_and_artifacts",
-    "tests/test_integration.py::test_failed_job_has_a_problem_reason",
 ]
 
 
