@@ -264,6 +264,13 @@ def test_job_page_sorts_and_pages_the_table_and_lists_samples(pages: Any) -> Non
         f"/ui/jobs/{job}", headers=headers, params={"sort": "index", "order": "asc", "offset": 40}
     ).text
     assert "rows 41–45 of 45" in page3 and 'id="next-rows"' not in page3 and 'id="prev-rows"' in page3
+    # The page's rows are the API's: its link answers the same rows, on any page.
+    for params in ({}, {"sort": "label", "order": "asc", "offset": 20}):
+        html = client.get(f"/ui/jobs/{job}", headers=headers, params=params).text
+        api_url = re.search(r'<a href="(/v1/jobs/[^"]+)">this page as JSON', html).group(1)  # type: ignore[union-attr]
+        api_rows = client.get(api_url.replace("&amp;", "&"), headers=headers).json()["rows"]
+        shown = re.findall(r'width="32" height="32"></td><td>(\d+)</td>', html)
+        assert [int(i) for i in shown] == [r["index"] for r in api_rows] and len(api_rows) == 20
     bad = client.get(f"/ui/jobs/{job}", headers=headers, params={"sort": "nope"})
     assert bad.status_code == 422 and "must be one of" in bad.text
     png = client.get(f"/ui/jobs/{job}/samples/5.png", headers=headers)

@@ -285,6 +285,18 @@ def jobs_page(
         return _error_page(request, exc)
 
 
+def _result_url(job_id: str, sort: str | None, order: str, limit: int, offset: int) -> str:
+    """The API call (GET /v1/jobs/{id}/result) that answers the same rows as the page."""
+    from ..app import _encode_cursor
+
+    params: dict[str, Any] = {"order": order, "limit": limit}
+    if sort:
+        params["sort"] = sort
+    if offset:
+        params["cursor"] = _encode_cursor({"sort": sort, "order": order, "offset": offset})
+    return f"/v1/jobs/{job_id}/result?{urlencode(params)}"
+
+
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(
     request: Request,
@@ -341,7 +353,7 @@ def job_page(
                     c: link(sort=c, order="asc" if c == sort_by and order == "desc" else "desc", offset=0)
                     for c in columns
                 },
-                "api_url": f"/v1/jobs/{job_id}/result?{urlencode({k: v for k, v in {'sort': sort_by, 'order': order, 'limit': rows}.items() if v})}",
+                "api_url": _result_url(job_id, sort_by, order, rows, offset),
             }
             if image_like and "index" in columns:
                 shown_galleries = views.galleries(table)
