@@ -726,3 +726,15 @@ def test_label_issue_style_tables_show_flags_in_rank_order(pages: Any) -> None:
     assert "suggested " in gallery and "label_quality " in gallery
     assert "sorted by <code>issue_rank</code> (asc)" in page
     assert "/plots/label-quality-histogram.svg" in page
+
+
+def test_histogram_of_counts_has_one_bar_per_value() -> None:
+    chart = charts.histogram(
+        "c.svg", "counts", [0, 0, 0, 1, 1, 3], xlabel="events", highlight=[True] + [False] * 5
+    )
+    assert chart is not None
+    bars = re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)"', chart.svg)
+    # Four values 0..3: bars for 0 (clean and flipped), 1 and 3; none for 2. Heights in pixels
+    # follow the counts: 2 clean + 1 flipped at 0, 2 at 1, 1 at 3.
+    heights = sorted(round(float(h)) for h in bars if float(h) < 300)
+    assert len(heights) == 4 and heights[0] == heights[1] and heights[2] == heights[3] == 2 * heights[0]

@@ -252,6 +252,9 @@ def histogram(
         xlabel = f"log10 {xlabel}"
     lo = min(v for v, _ in pairs)
     hi = max(v for v, _ in pairs)
+    if not log10 and all(v.is_integer() for v, _ in pairs) and hi - lo <= 60:
+        bins = int(hi - lo) + 1  # counts (e.g. forgetting events): one bar per value
+        lo, hi = lo - 0.5, hi + 0.5
     if hi == lo:
         lo, hi = lo - 0.5, hi + 0.5
     width = (hi - lo) / bins
