@@ -252,8 +252,10 @@ def histogram(
         xlabel = f"log10 {xlabel}"
     lo = min(v for v, _ in pairs)
     hi = max(v for v, _ in pairs)
+    xticks: list[float] | None = None
     if not log10 and all(v.is_integer() for v, _ in pairs) and hi - lo <= 60:
         bins = int(hi - lo) + 1  # counts (e.g. forgetting events): one bar per value
+        xticks = [t for t in nice_ticks(lo, hi, min(bins, 8)) if float(t).is_integer()] or [lo]
         lo, hi = lo - 0.5, hi + 0.5
     if hi == lo:
         lo, hi = lo - 0.5, hi + 0.5
@@ -266,7 +268,7 @@ def histogram(
     top = max(p + m for p, m in zip(plain, marked, strict=True))
     xs = _Scale(lo, hi, LEFT + 4, WIDTH - RIGHT - 4)
     ys = _Scale(0, top * 1.08, HEIGHT - BOTTOM, TOP + 4)
-    parts = _frame(title, xs, ys, xlabel, "samples", None)
+    parts = _frame(title, xs, ys, xlabel, "samples", xticks)
     for i in range(bins):
         x_left, x_right = xs(lo + i * width), xs(lo + (i + 1) * width)
         w = max(x_right - x_left - 1, 1)
