@@ -738,3 +738,10 @@ def test_histogram_of_counts_has_one_bar_per_value() -> None:
     # follow the counts: 2 clean + 1 flipped at 0, 2 at 1, 1 at 3.
     heights = sorted(round(float(h)) for h in bars if float(h) < 300)
     assert len(heights) == 4 and heights[0] == heights[1] and heights[2] == heights[3] == 2 * heights[0]
+
+
+def test_the_server_root_opens_the_jobs(pages: Any) -> None:
+    client, _, _ = pages
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/ui/jobs"
+    assert client.get("/ui", follow_redirects=False).headers["location"] == "/ui/jobs"

@@ -46,7 +46,7 @@ templates = Environment(
 )
 templates.filters["fmt"] = views.fmt_value
 
-router = APIRouter(prefix="/ui", include_in_schema=False)
+pages = APIRouter(prefix="/ui", include_in_schema=False)
 
 CookieKey = Annotated[str | None, Cookie(alias=KEY_COOKIE)]
 AuthHeader = Annotated[str | None, Header()]
@@ -140,7 +140,7 @@ def _images(request: Request, job: dict[str, Any], tenant: str) -> Any:
 # ------------------------------------------------------------------ login
 
 
-@router.get("", include_in_schema=False)
+@pages.get("", include_in_schema=False)
 def ui_root() -> RedirectResponse:
     return RedirectResponse("/ui/jobs", status_code=307)
 
@@ -152,12 +152,12 @@ def _safe_next(target: str | None) -> str:
     return "/ui/jobs"
 
 
-@router.get("/login", response_class=HTMLResponse)
+@pages.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: Annotated[str | None, Query(max_length=500)] = None) -> HTMLResponse:
     return _html("login.html", next=_safe_next(next), auth=_auth_mode(request), error=None)
 
 
-@router.post("/login")
+@pages.post("/login")
 def login(
     request: Request,
     api_key: Annotated[str, Form(max_length=300)],
@@ -187,14 +187,14 @@ def login(
     return response
 
 
-@router.post("/logout")
+@pages.post("/logout")
 def logout() -> Response:
     response = RedirectResponse("/ui/login", status_code=303, headers=SECURITY_HEADERS)
     response.delete_cookie(KEY_COOKIE, path="/ui", httponly=True, samesite="strict")
     return response
 
 
-@router.get("/static/{name}")
+@pages.get("/static/{name}")
 def static(name: str) -> Response:
     path = STATIC / name
     if name not in {p.name for p in STATIC.iterdir()} or path.suffix not in STATIC_TYPES:
@@ -209,7 +209,7 @@ def static(name: str) -> Response:
 # ------------------------------------------------------------------- jobs
 
 
-@router.get("/jobs", response_class=HTMLResponse)
+@pages.get("/jobs", response_class=HTMLResponse)
 def jobs_page(
     request: Request,
     authorization: AuthHeader = None,
@@ -297,7 +297,7 @@ def _result_url(job_id: str, sort: str | None, order: str, limit: int, offset: i
     return f"/v1/jobs/{job_id}/result?{urlencode(params)}"
 
 
-@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+@pages.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(
     request: Request,
     job_id: str,
@@ -378,7 +378,7 @@ def job_page(
         return _error_page(request, exc)
 
 
-@router.get("/jobs/{job_id}/status")
+@pages.get("/jobs/{job_id}/status")
 def job_status(
     request: Request, job_id: str, authorization: AuthHeader = None, cookie_key: CookieKey = None
 ) -> JSONResponse:
@@ -396,7 +396,7 @@ def job_status(
     )
 
 
-@router.get("/jobs/{job_id}/plots/{name}")
+@pages.get("/jobs/{job_id}/plots/{name}")
 def job_plot(
     request: Request, job_id: str, name: str, authorization: AuthHeader = None, cookie_key: CookieKey = None
 ) -> Response:
@@ -408,7 +408,7 @@ def job_plot(
     raise ProblemError(404, f"Job {job_id} has no plot {name!r}.", type_="not-found")
 
 
-@router.get("/jobs/{job_id}/samples/{index}.png")
+@pages.get("/jobs/{job_id}/samples/{index}.png")
 def job_sample(
     request: Request, job_id: str, index: int, authorization: AuthHeader = None, cookie_key: CookieKey = None
 ) -> Response:
@@ -424,7 +424,7 @@ def job_sample(
     return Response(images.thumbnail_png(pixels[index]), media_type="image/png", headers=SECURITY_HEADERS)
 
 
-@router.get("/jobs/{job_id}/files/{name}")
+@pages.get("/jobs/{job_id}/files/{name}")
 def job_file(
     request: Request, job_id: str, name: str, authorization: AuthHeader = None, cookie_key: CookieKey = None
 ) -> Response:
@@ -450,3 +450,15 @@ def job_file(
         content_disposition_type="inline" if inline else "attachment",
         headers=SECURITY_HEADERS,
     )
+
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+def site_root() -> RedirectResponse:
+    """The server's address, opened in a browser, shows the jobs."""
+    return RedirectResponse("/ui/jobs", status_code=307)
+
+
+router.include_router(pages)
