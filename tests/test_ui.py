@@ -307,7 +307,7 @@ def test_pages_without_keys_on_the_embedded_default(tmp_path: Path, monkeypatch:
         tenant="default",
         name="waiting",
     )
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # loopback, as make up serves
         listing = client.get("/ui/jobs")
         assert listing.status_code == 200 and "log out" not in listing.text
         assert failed["id"] in listing.text and queued["id"] in listing.text
