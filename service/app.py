@@ -33,6 +33,7 @@ from store.settings import ServiceSettings
 
 from . import metrics
 from .auth import Caller, KeyResolver, RateLimiter, authenticate
+from .checkpoints import check_checkpoint_ref
 from .errors import BodyLimitMiddleware, ProblemError, install_handlers
 
 log = logging.getLogger("infoscore.api")
@@ -162,6 +163,23 @@ def _check_limits(gw: Gateway, est: Estimate) -> None:
             "a smaller model, or the 'projected' method.",
             type_="too-much-memory",
             limit=limit_m,
+            estimate=est.as_dict(),
+        )
+    # Kind-specific refusals and compute time (e.g. sample-information's finite-t LOO, delta_f size).
+    for refusal in est.problems:
+        raise ProblemError(
+            422, refusal["detail"], type_=refusal["type"], field=refusal["field"], limit=refusal["limit"],
+            estimate=est.as_dict(),
+        )  # fmt: skip
+    seconds = sum(est.compute_seconds.values())
+    if seconds > gw.settings.job_time_limit:
+        raise ProblemError(
+            422,
+            f"The job would compute for about {seconds:.0f} s ({', '.join(est.compute_seconds)}), over the "
+            f"time limit of {gw.settings.job_time_limit} s (INFOSCORE_JOB_TIME_LIMIT); use t = null, fewer "
+            "samples, or a worker with a GPU (device 'cuda').",
+            type_="too-slow",
+            limit=gw.settings.job_time_limit,
             estimate=est.as_dict(),
         )
 
@@ -380,7 +398,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                     )
                 response.headers["Location"] = f"/v1/jobs/{prior['id']}"
                 return _job_record(prior)
-        _check_limits(gw, _estimate(gw, job, tenant))
+        est = _estimate(gw, job, tenant)
+        _check_limits(gw, est)
+        check_checkpoint_ref(gw, job, tenant, est)
         active = gw.store.count_active(tenant)
         if active >= gw.settings.max_active_jobs:
             raise ProblemError(
@@ -440,9 +460,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             "parameters": gw.settings.max_parameters,
             "memory_bytes": gw.settings.max_job_memory_bytes,
         }
+        out["limits"]["seconds"] = gw.settings.job_time_limit
         out["fits"] = (
             est.parameters <= gw.settings.max_parameters
             and est.memory_bytes <= gw.settings.max_job_memory_bytes
+            and not est.problems
+            and sum(est.compute_seconds.values()) <= gw.settings.job_time_limit
         )
         return out
 
