@@ -10,12 +10,16 @@ model. The worker then checks every tensor name and shape against the built mode
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
+from contracts.common import ModelSpec
 from contracts.estimate import Estimate
 
 from .errors import ProblemError
@@ -72,6 +76,8 @@ def check_checkpoint_ref(gw: Any, job: Any, tenant: str, est: Estimate) -> None:
         )
     want = job.model.model_dump(mode="json")
     have = (source.get("request") or {}).get("model")
+    with contextlib.suppress(ValidationError):  # normalise (defaults filled in) before comparing
+        have = TypeAdapter(ModelSpec).validate_python(have).model_dump(mode="json")
     if have != want:
         raise _refuse(
             f"The 'linearize_at' checkpoint was made for model {have}, not this job's model {want}; "
