@@ -107,8 +107,8 @@ def _diag_blocks(a: Tensor, n: int, k: int) -> Tensor:
 def _extreme_eigs(a: Tensor, factor: Tensor, shift: float = 0.0, iters: int = 30) -> tuple[float, float]:
     """Estimates of (s_min, s_max) of SPD a + shift·I = L Lᵀ (factor L) by power and inverse
     iteration (O(iters·N²), no copy of a)."""
-    gen = torch.Generator().manual_seed(0)
-    v = torch.randn(a.shape[0], dtype=torch.float64, generator=gen)
+    gen = torch.Generator(device=a.device).manual_seed(0)  # seeded, on the matrix's device
+    v = torch.randn(a.shape[0], dtype=torch.float64, generator=gen, device=a.device)
     w = v.clone()
     s_max = s_inv = 0.0
     for _ in range(iters):
