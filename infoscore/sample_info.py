@@ -9,8 +9,10 @@ scores are
 
 * ``si_weights``     = ‖w − w₋ᵢ‖² / (2σ²)            (weights-plain, Σ = σ²I)
 * ``si_predictions`` = Σ_{x'} ‖f_w(x') − f_{w₋ᵢ}(x')‖² / (2σ²)   over m held-out x'
-* ``si_weights_full`` = Δwᵀ(Σ + 1e-10·I)⁻¹Δw with Σ the SGD steady-state covariance
-  (Lyapunov equation HΣ + ΣH = C; no ½ and no η/b factor: a global rescale)
+* ``si_weights_full`` = Δwᵀ(Σ + ε·(tr Σ/p)·I)⁻¹Δw with Σ the SGD steady-state covariance
+  (Lyapunov equation HΣ + ΣH = C, C from the real network's per-example gradients at w_t;
+  no ½ and no η/b factor: a global rescale); ``si_weights_full_linearized`` takes C from
+  the linearized model's gradients instead
 
 where w₋ᵢ is trained without sample i from the same w₀ with step lr/(n − 1).
 
@@ -19,14 +21,17 @@ Methods
 ``exact`` (default)
     Full NTK Θ (N, N) in float64. t = ∞: one Cholesky and the p-free identities
     c_i = P_ii⁻¹ a_i, ‖Δw_i‖² = c_iᵀ(P − λP²)_ii c_i with P = A⁻¹, a = P r₀ (O(N³)).
-    Finite t: one ``eigh`` of A₋ᵢ,₋ᵢ per i (O(n N³)). Memory O(N² + Np).
+    Finite t: one ``eigh`` of Θ and an exact blocked recurrence for all i (O(N³ + nkNt),
+    :func:`loo_finite`), or one ``eigh`` of A₋ᵢ,₋ᵢ per i. Memory O(N² + Np).
 ``projected``
     Features Φ = J R (N, d) (:mod:`infoscore.projection`), primal algebra with
     M = ΦᵀΦ + λI_d (Woodbury): c_i = (I − H_ii)⁻¹ρ_i, Δv_i = −M⁻¹Φ_iᵀc_i. Never an
     (N, N) matrix; O(N d² + d³), memory O(N d). Finite t: one ``eigh`` of M − Φ_iᵀΦ_i per i.
 
 F-SI uses Δf_i(x') = J(x')Δw_i (exact) or Φ(x')Δv_i (projected), contracted without
-forming Θ_{X'X}.
+forming Θ_{X'X}; ``delta_f`` keeps those (n, m, k) changes. The reference point w₀ is the
+model's current state: :func:`train_linearization_point` and :func:`load_checkpoint` move
+it (job option ``linearize_at``). Everything stays on the model's device until returned.
 """
 
 from __future__ import annotations
@@ -1006,7 +1011,6 @@ def sample_information(
 
 
 LINEARIZE_AT: tuple[str, ...] = ("init", "trained", "checkpoint")
-_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:

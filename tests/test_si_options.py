@@ -5,6 +5,7 @@ against a slow reference (brute-force refits, autograd loops, explicit Lyapunov 
 from __future__ import annotations
 
 import copy
+import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -424,3 +425,33 @@ def test_gateway_checks_the_checkpoint_reference(api: Any, environment: Any, tmp
     _problem_body(api.post("/v1/jobs", json=unknown), 422, "unknown-checkpoint")
     r = api.post("/v1/jobs", json=job)
     assert r.status_code == 202, r.text
+
+
+# --- through the service: a real worker --------------------------------------------------
+
+
+def test_service_linearizes_at_a_limit_checkpoint_and_serves_delta_f(api: Any, worker: Any) -> None:
+    from tests.conftest import wait_for_state
+
+    dataset = {"builtin": "gaussians", "n": 60, "dim": 6, "classes": 3, "n_test": 20, "seed": 2}
+    model = {"arch": "mlp", "hidden": [8]}
+    limit = {"kind": "limit", "dataset": dataset, "model": model, "params": {"epochs": 3, "baseline": False}}
+    r = api.post("/v1/jobs", json=limit)
+    assert r.status_code == 202, r.text
+    source = wait_for_state(api, r.json()["id"], ("succeeded", "failed"), timeout=180)
+    assert source["state"] == "succeeded", source["error"]
+    ref = {"job": source["id"], "artifact": "model.safetensors"}
+    params = {"linearize_at": ref, "delta_f": True, "eval_size": 5, "l2": 1e-2}
+    job = {"kind": "sample-information", "dataset": dataset, "model": model, "params": params}
+    r = api.post("/v1/jobs", json=job)
+    assert r.status_code == 202, r.text
+    done = wait_for_state(api, r.json()["id"], ("succeeded", "failed"), timeout=180)
+    assert done["state"] == "succeeded", done["error"]
+    assert done["summary"]["linearize_at"] == ref and "delta_f.npz" in done["artifacts"]
+    blob = api.get(f"/v1/jobs/{done['id']}/artifacts/delta_f.npz")
+    assert blob.status_code == 200
+    with np.load(io.BytesIO(blob.content), allow_pickle=False) as z:
+        arr = z["delta_f"]
+    assert arr.shape == (60, 5, 3) and arr.dtype == np.float32
+    rows = api.get(f"/v1/jobs/{done['id']}/result", params={"limit": 100}).json()
+    assert "si_predictions" in str(rows)
