@@ -455,3 +455,30 @@ def test_service_linearizes_at_a_limit_checkpoint_and_serves_delta_f(api: Any, w
     assert arr.shape == (60, 5, 3) and arr.dtype == np.float32
     rows = api.get(f"/v1/jobs/{done['id']}/result", params={"limit": 100}).json()
     assert "si_predictions" in str(rows)
+
+
+def test_exact_path_copies_to_the_host_only_when_returning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Device residency (issue #10): no .cpu()/.numpy() round trips mid-computation; the only
+    host copies are the returned arrays (si_weights, si_predictions, si_weights_full, delta_f)."""
+    model = _tiny_net()
+    x, y, xe = _tiny_data()
+    calls: list[str] = []
+    real_cpu, real_numpy = torch.Tensor.cpu, torch.Tensor.numpy
+
+    def cpu(self: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
+        calls.append("cpu")
+        return real_cpu(self, *a, **k)
+
+    def numpy(self: torch.Tensor, *a: Any, **k: Any) -> np.ndarray:
+        calls.append("numpy")
+        return real_numpy(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+    monkeypatch.setattr(torch.Tensor, "numpy", numpy)
+    res = si.sample_information(
+        model, x, y, k=2, x_eval=xe, y_eval=y[:6], t=30, lr=0.5, l2=0.05, delta_f=True,
+        measures=["weights", "predictions", "weights_full"],
+    )  # fmt: skip
+    monkeypatch.undo()
+    assert res.delta_f is not None and res.si_weights_full is not None
+    assert calls.count("cpu") <= 4 and calls.count("numpy") <= 4, calls
