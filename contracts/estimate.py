@@ -120,6 +120,21 @@ def finite_t_cost(n: int, k: int, t: int, route: str) -> float:
     )
 
 
+def projected_finite_t_cost(n: int, k: int, d: int, t: int, time: str) -> float:
+    """Mirror of ``infoscore.sample_info.projected_finite_t_cost``."""
+    if time != "discrete":
+        return 10.0 * n * float(d) ** 3
+    block = float(min(RECURRENCE_BLOCK, t))
+    big_n = float(n * k)
+    return (
+        10.0 * float(d) ** 3
+        + 2.0 * big_n * d * d
+        + 6.0 * big_n * d * t
+        + 2.0 * n * k * k * d * block
+        + 4.0 * n * k * k * block * t
+    )
+
+
 def _sample_information_extras(
     request: dict[str, Any], params: dict[str, Any], shape: Shape, est: Estimate
 ) -> None:
@@ -131,7 +146,8 @@ def _sample_information_extras(
             routes = ["eigh"] if params.get("time", "discrete") != "discrete" else ["recurrence", "eigh"]
             cost = min(finite_t_cost(n, k, int(t), r) for r in routes)
         else:
-            cost = 10.0 * n * float(params.get("projection_dim", 2048)) ** 3
+            d = int(params.get("projection_dim", 2048))
+            cost = projected_finite_t_cost(n, k, d, int(t), params.get("time", "discrete"))
         est.compute_seconds["finite_t_loo"] = cost / rate
         est.notes.append(f"finite t = {t}: leave-one-out cost about {cost:.3g} units at {rate:.3g}/s")
     if params.get("delta_f"):

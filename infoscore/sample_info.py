@@ -183,6 +183,23 @@ def finite_t_cost(n: int, k: int, t: int, route: str) -> float:
     )
 
 
+def projected_finite_t_cost(n: int, k: int, d: int, t: int, time: str) -> float:
+    """Cost of projected finite-t LOO in the units of :func:`finite_t_cost` (mirrored in
+    contracts/estimate.py): discrete time uses :func:`loo_primal_finite` (one eigh of the
+    d x d Gram matrix, its formation, the recurrence), continuous time one eigh per sample."""
+    if time != "discrete":
+        return 10.0 * n * float(d) ** 3
+    block = float(min(RECURRENCE_BLOCK, t))
+    big_n = float(n * k)
+    return (
+        10.0 * float(d) ** 3
+        + 2.0 * big_n * d * d
+        + 6.0 * big_n * d * t
+        + 2.0 * n * k * k * d * block
+        + 4.0 * n * k * k * block * t
+    )
+
+
 def choose_finite_t_route(n: int, k: int, t: int, time: str) -> str:
     """``recurrence`` (discrete time only) unless one ``eigh`` per sample is cheaper (t far
     beyond N²/k)."""
@@ -471,6 +488,100 @@ def loo_primal(
     return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, 0.0, 0.0, float(s.min()), float(s.max()))
 
 
+def loo_primal_finite(
+    phi: Tensor,
+    r0: Tensor,
+    *,
+    k: int,
+    lam: float,
+    lam_loo: float,
+    eta: float,
+    eta_loo: float,
+    t: int,
+    phi_eval: Tensor | None = None,
+    keep_dv: bool = False,
+    block: int = RECURRENCE_BLOCK,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> PrimalLoo:
+    """Exact LOO after t discrete GD steps for the linear model r₀ + Φv (projected method),
+    with one ``eigh`` of ΦᵀΦ for all samples instead of one per sample.
+
+    phi (N, d), r0 (N,), phi_eval (M', d) or None; same result as the finite-t branch of
+    :func:`loo_primal` (round-off only). The run without i is the unmasked run with
+    (η', λ') plus a rank-k correction through Φ_iᵀ: v⁽⁻ⁱ⁾_s = v_s^{ref} + η'Σ_{j<s}
+    (I − η'M')^{s−1−j}Φ_iᵀz_j with z_j = r_i + Φ_i v⁽⁻ⁱ⁾_j (sample i's residual), an explicit
+    causal recursion run in blocks of ``block`` steps as in :func:`loo_finite`'s recurrence:
+    O(d³ + N d² + n k d t) instead of O(n d³).
+    """
+    n_total, d = phi.shape
+    n = n_total // k
+    dev, f64 = phi.device, torch.float64
+    r0 = r0.to(device=dev, dtype=f64)
+    gram = torch.zeros((d, d), dtype=f64, device=dev)
+    b = torch.zeros(d, dtype=f64, device=dev)
+    for lo in range(0, n_total, 65536):
+        rows = phi[lo : lo + 65536].to(f64)
+        gram += rows.T @ rows
+        b += rows.T @ r0[lo : lo + 65536]
+    mu, vecs = torch.linalg.eigh(_sym(gram))
+    cb = vecs.T @ b
+    g_full = gd_filter(mu + lam, eta=eta, t=t)
+    g_loo = gd_filter(mu + lam_loo, eta=eta_loo, t=t)  # raises naming 'lr' when GD diverges
+    v = -(vecs @ (g_full * cb))
+    base = 1.0 - eta_loo * (mu + lam_loo)
+    width = max(1, min(block, t))
+    steps = torch.arange(width + 1, dtype=f64, device=dev)
+    powers = base.reshape(1, -1) ** steps.reshape(-1, 1)  # (width + 1, d)
+    cum_excl = (torch.cumsum(powers[:width], 0) - powers[:width]) * eta_loo  # η'Σ_{q'<q} b^q'
+    cov_eval = None
+    if phi_eval is not None:
+        pe = phi_eval.to(device=dev, dtype=f64) @ vecs
+        cov_eval = _sym(pe.T @ pe)  # in the eigenbasis
+    sq = torch.empty(n, dtype=f64, device=dev)
+    sq_f = torch.empty(n, dtype=f64, device=dev) if cov_eval is not None else None
+    dv_all = torch.empty((n, d), dtype=f64, device=dev) if keep_dv else None
+    per_sample = 8 * (k * k * width + 7 * k * d + 2 * d + 4 * k * width)
+    chunk = max(1, min(n, FINITE_T_CHUNK_BYTES // per_sample))
+    for lo in range(0, n, chunk):
+        check_stop(should_stop)
+        hi = min(n, lo + chunk)
+        c = hi - lo
+        feats = (phi[lo * k : hi * k].to(f64) @ vecs).reshape(c, k, d)  # F_i = Φ_i V
+        resid0 = r0[lo * k : hi * k].reshape(c, k)
+        markov = torch.einsum("cad,qd,cbd->cqab", feats, powers[:width], feats)  # K_i(q), q < width
+        flat = feats.reshape(c * k, d)
+        state = torch.zeros((c, d), dtype=f64, device=dev)
+        curve = torch.zeros(d, dtype=f64, device=dev)  # g_{j0}
+        power = torch.ones(d, dtype=f64, device=dev)  # b^{j0}
+        for j0 in range(0, t, width):
+            check_stop(should_stop)
+            w = min(width, t - j0)
+            curves = curve + power * cum_excl[:w]  # (w, d): g_s, s = j0 .. j0 + w − 1
+            rhs = resid0.unsqueeze(2) - ((flat * cb) @ curves.T).reshape(c, k, w)
+            rhs += eta_loo * ((feats * state.unsqueeze(1)).reshape(c * k, d) @ powers[:w].T).reshape(c, k, w)
+            z_rev = torch.zeros((c, w, k), dtype=f64, device=dev)  # z_rev[:, w−1−q] = z_{j0+q}
+            for q in range(w):
+                z_q = rhs[:, :, q]
+                if q:
+                    z_q = z_q + eta_loo * torch.einsum("cqab,cqb->ca", markov[:, :q], z_rev[:, w - q :])
+                z_rev[:, w - 1 - q] = z_q
+            pushed = (z_rev.permute(0, 2, 1).reshape(c * k, w) @ powers[:w]).reshape(c, k, d)
+            state = powers[w] * state + (feats * pushed).sum(1)
+            curve = curve + power * (cum_excl[w - 1] + eta_loo * powers[w - 1])  # g_{j0+w}
+            power = power * powers[w]
+        dv_t = (g_loo - g_full) * cb - eta_loo * state  # Vᵀ(v − v⁽⁻ⁱ⁾), (c, d)
+        sq[lo:hi] = (dv_t * dv_t).sum(1)
+        if sq_f is not None and cov_eval is not None:
+            sq_f[lo:hi] = ((dv_t @ cov_eval) * dv_t).sum(1)
+        if dv_all is not None:
+            dv_all[lo:hi] = dv_t @ vecs.T
+        if progress is not None:
+            progress(hi, n)
+    s_all = mu + lam
+    return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, 0.0, 0.0, float(s_all.min()), float(s_all.max()))
+
+
 def lyapunov_covariance(h: Tensor, c: Tensor) -> Tensor:
     """Σ solving HΣ + ΣH = C for symmetric H ≻ 0 (p, p) and C (p, p), float64.
 
@@ -666,10 +777,10 @@ def finite_t_refusal(
         cost = min(
             finite_t_cost(n, k, t, choose_finite_t_route(n, k, t, time)), finite_t_cost(n, k, t, "eigh")
         )
-        what = "(nk)^3"
+        what = "(nk)^3 + nk*nk*t"
     else:
-        cost = 10.0 * n * float(projection_dim) ** 3
-        what = "n*d^3"
+        cost = projected_finite_t_cost(n, k, projection_dim, t, time)
+        what = "d^3 + nk*d*t" if time == "discrete" else "n*d^3"
     if cost <= max_cost:
         return None
     fix = (
@@ -904,12 +1015,22 @@ def sample_information(
         lam = _resolve_lambda(l2, l2_auto_scale, trace, n, k)
         l2_eff = lam / n
         _, lam_loo = loo_sum_form(n, lr, l2_eff, loo_lambda)  # type: ignore[arg-type]
-        pres = loo_primal(
-            phi, r0.to(pdev), k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
-            time=time,  # type: ignore[arg-type]
-            phi_eval=features_eval if "predictions" in measures else None,
-            keep_dv=want_full or want_full_lin or delta_f, progress=stage_progress(n), should_stop=should_stop,
-        )  # fmt: skip
+        if t is not None and time == "discrete":  # one eigh for all samples, not one per sample
+            info["finite_t_route"] = "recurrence"
+            pres = loo_primal_finite(
+                phi, r0.to(pdev), k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
+                phi_eval=features_eval if "predictions" in measures else None,
+                keep_dv=want_full or want_full_lin or delta_f, progress=loo_progress, should_stop=should_stop,
+            )  # fmt: skip
+        else:
+            if t is not None:
+                info["finite_t_route"] = "eigh"
+            pres = loo_primal(
+                phi, r0.to(pdev), k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
+                time=time,  # type: ignore[arg-type]
+                phi_eval=features_eval if "predictions" in measures else None,
+                keep_dv=want_full or want_full_lin or delta_f, progress=stage_progress(n), should_stop=should_stop,
+            )  # fmt: skip
         timings["loo_s"] = _time.perf_counter() - tic
         sq_weights = pres.sq_weight_change
         sq_pred = pres.sq_prediction_change

@@ -61,6 +61,22 @@ def test_recurrence_route_equals_refits_and_eigh_route(k: int, t: int) -> None:
     torch.testing.assert_close(rec.delta, eig.delta, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize(("k", "t"), [(1, 1), (2, 64), (3, 150)])
+def test_primal_recurrence_equals_the_per_sample_eigh_route(k: int, t: int) -> None:
+    n, d, lam = 30, 20, 0.05
+    phi, r0 = _problem(n, k, d, seed=11 + t)
+    phi_eval = _problem(7, k, d, seed=3)[0]
+    lr = 1.5 * n / float(torch.linalg.eigvalsh(phi.T @ phi).max() + lam)
+    kw = {"k": k, "lam": lam, "lam_loo": 0.9 * lam, "eta": lr / n, "eta_loo": lr / (n - 1), "t": t}
+    ref = si.loo_primal(phi, r0, phi_eval=phi_eval, keep_dv=True, **kw)  # type: ignore[arg-type]
+    new = si.loo_primal_finite(phi, r0, phi_eval=phi_eval, keep_dv=True, **kw)  # type: ignore[arg-type]
+    assert ref.dv is not None and new.dv is not None and new.sq_prediction_change is not None
+    torch.testing.assert_close(new.sq_weight_change, ref.sq_weight_change, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(new.sq_prediction_change, ref.sq_prediction_change, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(new.dv, ref.dv, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(new.v, ref.v, rtol=1e-10, atol=1e-13)
+
+
 def test_eigh_route_continuous_time_equals_refits() -> None:
     n, k, p = 12, 2, 10
     jac, r0 = _problem(n, k, p, seed=5)
@@ -91,6 +107,10 @@ def test_estimator_cost_mirrors_the_library_and_refuses_only_what_does_not_fit()
         for route in ("recurrence", "eigh"):
             assert cest.finite_t_cost(n, k, t, route) == pytest.approx(si.finite_t_cost(n, k, t, route))
     assert cest.RECURRENCE_BLOCK == si.RECURRENCE_BLOCK
+    for time in ("discrete", "continuous"):
+        assert cest.projected_finite_t_cost(5000, 10, 2048, 2000, time) == pytest.approx(
+            si.projected_finite_t_cost(5000, 10, 2048, 2000, time)
+        )
     model = {"arch": "mlp", "hidden": [256]}
     shape = Shape(1000, 500, 784, 2, [784])  # MNIST 4 vs 9, the official protocol
     request = {"kind": "sample-information", "model": model, "params": {"t": 2000}, "device": "auto"}
