@@ -102,6 +102,13 @@ def parameter_count(model: dict[str, Any], shape: Shape) -> int:
 # H200-class device, assumed 40x the CPU rate (not measured here: no GPU was lent).
 FINITE_T_RATE = {"cpu": 5e9, "cuda": 2e11}
 RECURRENCE_BLOCK = 64  # infoscore.sample_info.RECURRENCE_BLOCK
+
+
+def recurrence_block(dim: int, k: int, t: int) -> int:
+    """Mirror of ``infoscore.sample_info.recurrence_block``."""
+    return max(1, min(t, RECURRENCE_BLOCK, max(8, round(math.sqrt(6.0 * dim / max(k, 1))))))
+
+
 MAX_DELTA_F_BYTES = 1 << 30  # contracts.sample_information.MAX_DELTA_F_BYTES
 
 
@@ -110,7 +117,7 @@ def finite_t_cost(n: int, k: int, t: int, route: str) -> float:
     big_n = float(n * k)
     if route == "eigh":
         return 10.0 * n * (big_n - k) ** 3 + 2.0 * big_n * big_n * n
-    block = float(min(RECURRENCE_BLOCK, t))
+    block = float(recurrence_block(n * k, k, t))
     return (
         10.0 * big_n**3
         + 6.0 * n * k * big_n * t
@@ -124,7 +131,7 @@ def projected_finite_t_cost(n: int, k: int, d: int, t: int, time: str) -> float:
     """Mirror of ``infoscore.sample_info.projected_finite_t_cost``."""
     if time != "discrete":
         return 10.0 * n * float(d) ** 3
-    block = float(min(RECURRENCE_BLOCK, t))
+    block = float(recurrence_block(d, k, t))
     big_n = float(n * k)
     return (
         10.0 * float(d) ** 3

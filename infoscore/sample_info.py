@@ -158,7 +158,14 @@ def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float) -> KernelLoo:
 FiniteTRoute = Literal["auto", "recurrence", "eigh"]
 FINITE_T_ROUTES: tuple[str, ...] = ("auto", "recurrence", "eigh")
 FINITE_T_CHUNK_BYTES = 256 * 1024**2  # working memory of one chunk of samples (both routes)
-RECURRENCE_BLOCK = 64  # time steps per block of the recurrence route
+RECURRENCE_BLOCK = 64  # time steps per block of the recurrence route (upper end; see recurrence_block)
+
+
+def recurrence_block(dim: int, k: int, t: int) -> int:
+    """Time steps per block: the in-block substitution reads k²·block/2 numbers per sample and
+    step, the block boundaries 3·k·dim per sample and block, so √(6·dim/k) balances them
+    (dim = N for the kernel route, d for the feature-space one); clamped to [8, 64] and t."""
+    return max(1, min(t, RECURRENCE_BLOCK, max(8, round(math.sqrt(6.0 * dim / max(k, 1))))))
 
 
 def finite_t_cost(n: int, k: int, t: int, route: str) -> float:
@@ -173,7 +180,7 @@ def finite_t_cost(n: int, k: int, t: int, route: str) -> float:
     big_n = float(n * k)
     if route == "eigh":
         return 10.0 * n * (big_n - k) ** 3 + 2.0 * big_n * big_n * n
-    block = float(min(RECURRENCE_BLOCK, t))
+    block = float(recurrence_block(n * k, k, t))
     return (
         10.0 * big_n**3
         + 6.0 * n * k * big_n * t
@@ -189,7 +196,7 @@ def projected_finite_t_cost(n: int, k: int, d: int, t: int, time: str) -> float:
     d x d Gram matrix, its formation, the recurrence), continuous time one eigh per sample."""
     if time != "discrete":
         return 10.0 * n * float(d) ** 3
-    block = float(min(RECURRENCE_BLOCK, t))
+    block = float(recurrence_block(d, k, t))
     big_n = float(n * k)
     return (
         10.0 * float(d) ** 3
@@ -281,7 +288,7 @@ def _loo_recurrence(
     lam_loo: float,
     eta_loo: float,
     t: int,
-    block: int = RECURRENCE_BLOCK,
+    block: int | None = None,
     progress: ProgressFn | None,
     should_stop: StopFn | None,
 ) -> tuple[Tensor, Tensor]:
@@ -298,7 +305,7 @@ def _loo_recurrence(
     n = n_total // k
     dev, f64 = vecs.device, torch.float64
     base = 1.0 - eta_loo * (theta_eigs + lam_loo)  # |b| ≤ 1: gd_filter checked η'·s'_max < 2
-    width = max(1, min(block, t))
+    width = recurrence_block(n_total, k, t) if block is None else max(1, min(block, t))
     steps = torch.arange(width + 1, dtype=f64, device=dev)
     powers = base.reshape(1, -1) ** steps.reshape(-1, 1)  # (width + 1, N): P[q] = b^q
     cum = torch.cumsum(powers[:width], 0).mul_(eta_loo)  # (width, N): η' Σ_{q'≤q} b^q'
@@ -311,7 +318,8 @@ def _loo_recurrence(
         c = hi - lo
         u_blk = vecs[lo * k : hi * k].reshape(c, k, n_total)  # U's rows of block i
         outer = (u_blk.unsqueeze(2) * u_blk.unsqueeze(1)).reshape(c * k * k, n_total)
-        markov = (outer @ powers[:width].T).reshape(c, k, k, width).permute(0, 3, 1, 2).contiguous()
+        # (c, a, q, b): a q-slice viewed as (c, a, q·b) is a strided batch of matrices, no copy.
+        markov = (outer @ powers[:width].T).reshape(c, k, k, width).permute(0, 1, 3, 2).contiguous()
         del outer
         weighted = (u_blk * coef).reshape(c * k, n_total)
         state = torch.zeros((c, n_total), dtype=f64, device=dev)
@@ -328,7 +336,8 @@ def _loo_recurrence(
             for q in range(w):
                 z_q = rhs[:, :, q]
                 if q:
-                    z_q = z_q - torch.einsum("cqab,cqb->ca", markov[:, 1 : q + 1], z_rev[:, w - q :])
+                    past = markov[:, :, 1 : q + 1].reshape(c, k, q * k)
+                    z_q = z_q - (past @ z_rev[:, w - q :].reshape(c, q * k, 1)).squeeze(2)
                 z_rev[:, w - 1 - q] = z_q
             pushed = (z_rev.permute(0, 2, 1).reshape(c * k, w) @ powers[:w]).reshape(c, k, n_total)
             state = powers[w] * state + (u_blk * pushed).sum(1)
@@ -500,7 +509,7 @@ def loo_primal_finite(
     t: int,
     phi_eval: Tensor | None = None,
     keep_dv: bool = False,
-    block: int = RECURRENCE_BLOCK,
+    block: int | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> PrimalLoo:
@@ -530,7 +539,7 @@ def loo_primal_finite(
     g_loo = gd_filter(mu + lam_loo, eta=eta_loo, t=t)  # raises naming 'lr' when GD diverges
     v = -(vecs @ (g_full * cb))
     base = 1.0 - eta_loo * (mu + lam_loo)
-    width = max(1, min(block, t))
+    width = recurrence_block(d, k, t) if block is None else max(1, min(block, t))
     steps = torch.arange(width + 1, dtype=f64, device=dev)
     powers = base.reshape(1, -1) ** steps.reshape(-1, 1)  # (width + 1, d)
     cum_excl = (torch.cumsum(powers[:width], 0) - powers[:width]) * eta_loo  # η'Σ_{q'<q} b^q'
@@ -549,7 +558,9 @@ def loo_primal_finite(
         c = hi - lo
         feats = (phi[lo * k : hi * k].to(f64) @ vecs).reshape(c, k, d)  # F_i = Φ_i V
         resid0 = r0[lo * k : hi * k].reshape(c, k)
-        markov = torch.einsum("cad,qd,cbd->cqab", feats, powers[:width], feats)  # K_i(q), q < width
+        markov = torch.einsum(
+            "cad,qd,cbd->caqb", feats, powers[:width], feats
+        ).contiguous()  # K_i(q), q < width
         flat = feats.reshape(c * k, d)
         state = torch.zeros((c, d), dtype=f64, device=dev)
         curve = torch.zeros(d, dtype=f64, device=dev)  # g_{j0}
@@ -564,7 +575,8 @@ def loo_primal_finite(
             for q in range(w):
                 z_q = rhs[:, :, q]
                 if q:
-                    z_q = z_q + eta_loo * torch.einsum("cqab,cqb->ca", markov[:, :q], z_rev[:, w - q :])
+                    past = markov[:, :, :q].reshape(c, k, q * k)
+                    z_q = z_q + eta_loo * (past @ z_rev[:, w - q :].reshape(c, q * k, 1)).squeeze(2)
                 z_rev[:, w - 1 - q] = z_q
             pushed = (z_rev.permute(0, 2, 1).reshape(c * k, w) @ powers[:w]).reshape(c, k, d)
             state = powers[w] * state + (feats * pushed).sum(1)
