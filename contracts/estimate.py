@@ -102,6 +102,7 @@ def parameter_count(model: dict[str, Any], shape: Shape) -> int:
 # H200-class device, assumed 40x the CPU rate (not measured here: no GPU was lent).
 FINITE_T_RATE = {"cpu": 5e9, "cuda": 2e11}
 RECURRENCE_BLOCK = 64  # infoscore.sample_info.RECURRENCE_BLOCK
+IN_BLOCK_WEIGHT = 80.0  # infoscore.sample_info.IN_BLOCK_WEIGHT
 
 
 def recurrence_block(dim: int, k: int, t: int) -> int:
@@ -122,7 +123,7 @@ def finite_t_cost(n: int, k: int, t: int, route: str) -> float:
         10.0 * big_n**3
         + 6.0 * n * k * big_n * t
         + 2.0 * n * k * k * big_n * block
-        + 4.0 * n * k * k * block * t
+        + IN_BLOCK_WEIGHT * n * k * k * block * t
         + 2.0 * big_n * big_n * n
     )
 
@@ -138,7 +139,7 @@ def projected_finite_t_cost(n: int, k: int, d: int, t: int, time: str) -> float:
         + 2.0 * big_n * d * d
         + 6.0 * big_n * d * t
         + 2.0 * n * k * k * d * block
-        + 4.0 * n * k * k * block * t
+        + IN_BLOCK_WEIGHT * n * k * k * block * t
     )
 
 
@@ -154,7 +155,10 @@ def _sample_information_extras(
             cost = min(finite_t_cost(n, k, int(t), r) for r in routes)
         else:
             d = int(params.get("projection_dim", 2048))
-            cost = projected_finite_t_cost(n, k, d, int(t), params.get("time", "discrete"))
+            cost = min(
+                projected_finite_t_cost(n, k, d, int(t), params.get("time", "discrete")),
+                10.0 * n * float(d) ** 3,
+            )
         est.compute_seconds["finite_t_loo"] = cost / rate
         est.notes.append(f"finite t = {t}: leave-one-out cost about {cost:.3g} units at {rate:.3g}/s")
     if params.get("delta_f"):

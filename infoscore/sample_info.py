@@ -161,6 +161,20 @@ FINITE_T_CHUNK_BYTES = 256 * 1024**2  # working memory of one chunk of samples (
 RECURRENCE_BLOCK = 64  # time steps per block of the recurrence route (upper end; see recurrence_block)
 
 
+# Cost weight of the in-block substitution (small batched matmuls, launch- and memory-bound):
+# fitted so that n = 2000, k = 10, d = 512, t = 2000 (projected, 31 s of CPU) and n = 1000,
+# k = 2, t = 2000 (kernel, 6 s) come out at or above their measured CPU time at 2.4e10/s.
+IN_BLOCK_WEIGHT = 80.0
+
+
+def choose_projected_finite_t_route(n: int, k: int, d: int, t: int, time: str) -> str:
+    """``recurrence`` (:func:`loo_primal_finite`) unless one ``eigh`` of the d x d system per
+    sample (:func:`loo_primal`) is cheaper (small d and large k·t) or time is continuous."""
+    if time != "discrete":
+        return "eigh"
+    return "recurrence" if projected_finite_t_cost(n, k, d, t, time) <= 10.0 * n * float(d) ** 3 else "eigh"
+
+
 def recurrence_block(dim: int, k: int, t: int) -> int:
     """Time steps per block: the in-block substitution reads k²·block/2 numbers per sample and
     step, the block boundaries 3·k·dim per sample and block, so √(6·dim/k) balances them
@@ -174,7 +188,8 @@ def finite_t_cost(n: int, k: int, t: int, route: str) -> float:
 
     ``recurrence``: one ``eigh`` of Θ (≈10 N³), GEMMs of 6 nkNt for the residual curves,
     history read-outs and state updates, the Markov blocks (2 nk²N·64), the in-block
-    substitution (nk²·64·t, weighted 4: small einsums) and δ = U δ̃ (2 N²n).
+    substitution (n k²·block·t: many small batched matmuls, weighted ``IN_BLOCK_WEIGHT``) and
+    δ = U δ̃ (2 N²n).
     ``eigh``: one ``eigh`` of A₋ᵢ,₋ᵢ per sample, ≈ 10 n (N − k)³, and the quadratic forms.
     """
     big_n = float(n * k)
@@ -185,7 +200,7 @@ def finite_t_cost(n: int, k: int, t: int, route: str) -> float:
         10.0 * big_n**3
         + 6.0 * n * k * big_n * t
         + 2.0 * n * k * k * big_n * block
-        + 4.0 * n * k * k * block * t
+        + IN_BLOCK_WEIGHT * n * k * k * block * t
         + 2.0 * big_n * big_n * n
     )
 
@@ -203,7 +218,7 @@ def projected_finite_t_cost(n: int, k: int, d: int, t: int, time: str) -> float:
         + 2.0 * big_n * d * d
         + 6.0 * big_n * d * t
         + 2.0 * n * k * k * d * block
-        + 4.0 * n * k * k * block * t
+        + IN_BLOCK_WEIGHT * n * k * k * block * t
     )
 
 
@@ -791,8 +806,10 @@ def finite_t_refusal(
         )
         what = "(nk)^3 + nk*nk*t"
     else:
-        cost = projected_finite_t_cost(n, k, projection_dim, t, time)
-        what = "d^3 + nk*d*t" if time == "discrete" else "n*d^3"
+        cost = min(
+            projected_finite_t_cost(n, k, projection_dim, t, time), 10.0 * n * float(projection_dim) ** 3
+        )
+        what = "d^3 + nk*d*t or n*d^3"
     if cost <= max_cost:
         return None
     fix = (
@@ -1027,7 +1044,8 @@ def sample_information(
         lam = _resolve_lambda(l2, l2_auto_scale, trace, n, k)
         l2_eff = lam / n
         _, lam_loo = loo_sum_form(n, lr, l2_eff, loo_lambda)  # type: ignore[arg-type]
-        if t is not None and time == "discrete":  # one eigh for all samples, not one per sample
+        primal_route = None if t is None else choose_projected_finite_t_route(n, k, d, t, time)
+        if t is not None and primal_route == "recurrence":  # one eigh for all samples, not one per sample
             info["finite_t_route"] = "recurrence"
             pres = loo_primal_finite(
                 phi, r0.to(pdev), k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
