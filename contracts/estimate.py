@@ -58,6 +58,11 @@ class Estimate:
     notes: list[str] = field(default_factory=list)
     seconds: float | None = None
     """point estimate of the job's run time on one CPU worker thread (see RATES)"""
+    # Seconds of named compute stages that can outgrow a worker's time limit (the gateway
+    # refuses a job whose total is above INFOSCORE_JOB_TIME_LIMIT), e.g. finite-t LOO.
+    compute_seconds: dict[str, float] = field(default_factory=dict)
+    # Kind-specific refusals: {"type", "field", "detail", "limit"}; the gateway answers 422.
+    problems: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         seconds: dict[str, Any] | None = None
@@ -79,6 +84,8 @@ class Estimate:
             "n_classes": self.shape.n_classes,
             "input_shape": self.shape.input_shape,
             "notes": self.notes,
+            "compute_seconds": {k: round(v, 3) for k, v in self.compute_seconds.items()},
+            "problems": self.problems,
         }
 
 
@@ -121,6 +128,90 @@ def parameter_count(model: dict[str, Any], shape: Shape) -> int:
     return conv + dense
 
 
+# --- sample-information: finite-t LOO time and the delta_f artifact ----------------------
+# Cost units of infoscore.sample_info.finite_t_cost (flop-like; a test checks the two agree)
+# per second. CPU: n = 1000, k = 2, t = 2000 (cost 1.4e11) took 5.7 s of CPU on one core of
+# this 2-core machine (2.4e10/s) and 17 s of wall time while it was shared: 5e9/s is that
+# shared rate, rounded down. GPU (request device "cuda"): float64 eigh and GEMMs on an
+# H200-class device, assumed 40x the CPU rate (not measured here: no GPU was lent).
+FINITE_T_RATE = {"cpu": 5e9, "cuda": 2e11}
+RECURRENCE_BLOCK = 64  # infoscore.sample_info.RECURRENCE_BLOCK
+IN_BLOCK_WEIGHT = 80.0  # infoscore.sample_info.IN_BLOCK_WEIGHT
+
+
+def recurrence_block(dim: int, k: int, t: int) -> int:
+    """Mirror of ``infoscore.sample_info.recurrence_block``."""
+    return max(1, min(t, RECURRENCE_BLOCK, max(8, round(math.sqrt(6.0 * dim / max(k, 1))))))
+
+
+MAX_DELTA_F_BYTES = 1 << 30  # contracts.sample_information.MAX_DELTA_F_BYTES
+
+
+def finite_t_cost(n: int, k: int, t: int, route: str) -> float:
+    """Mirror of ``infoscore.sample_info.finite_t_cost`` (contracts may not import torch)."""
+    big_n = float(n * k)
+    if route == "eigh":
+        return 10.0 * n * (big_n - k) ** 3 + 2.0 * big_n * big_n * n
+    block = float(recurrence_block(n * k, k, t))
+    return (
+        10.0 * big_n**3
+        + 6.0 * n * k * big_n * t
+        + 2.0 * n * k * k * big_n * block
+        + IN_BLOCK_WEIGHT * n * k * k * block * t
+        + 2.0 * big_n * big_n * n
+    )
+
+
+def projected_finite_t_cost(n: int, k: int, d: int, t: int, time: str) -> float:
+    """Mirror of ``infoscore.sample_info.projected_finite_t_cost``."""
+    if time != "discrete":
+        return 10.0 * n * float(d) ** 3
+    block = float(recurrence_block(d, k, t))
+    big_n = float(n * k)
+    return (
+        10.0 * float(d) ** 3
+        + 2.0 * big_n * d * d
+        + 6.0 * big_n * d * t
+        + 2.0 * n * k * k * d * block
+        + IN_BLOCK_WEIGHT * n * k * k * block * t
+    )
+
+
+def _sample_information_extras(
+    request: dict[str, Any], params: dict[str, Any], shape: Shape, est: Estimate
+) -> None:
+    n, k = shape.n_train, shape.n_classes
+    t = params.get("t")
+    rate = FINITE_T_RATE["cuda" if request.get("device") == "cuda" else "cpu"]
+    if t is not None:
+        if params.get("method", "exact") == "exact":
+            routes = ["eigh"] if params.get("time", "discrete") != "discrete" else ["recurrence", "eigh"]
+            cost = min(finite_t_cost(n, k, int(t), r) for r in routes)
+        else:
+            d = int(params.get("projection_dim", 2048))
+            cost = min(
+                projected_finite_t_cost(n, k, d, int(t), params.get("time", "discrete")),
+                10.0 * n * float(d) ** 3,
+            )
+        est.compute_seconds["finite_t_loo"] = cost / rate
+        est.notes.append(f"finite t = {t}: leave-one-out cost about {cost:.3g} units at {rate:.3g}/s")
+    if params.get("delta_f"):
+        m = min(shape.n_test, int(params.get("eval_size", 1000)))
+        size = 4 * n * m * k
+        est.memory_bytes += 2 * size  # the array and its npz copy
+        if size > MAX_DELTA_F_BYTES:
+            est.problems.append(
+                {
+                    "type": "delta-f-too-large",
+                    "field": "params.delta_f",
+                    "limit": MAX_DELTA_F_BYTES,
+                    "detail": f"delta_f would be an (n, m, k) = ({n}, {m}, {k}) float32 array of "
+                    f"{size / 1024**3:.2f} GiB, over the limit of {MAX_DELTA_F_BYTES / 1024**3:.2f} GiB; "
+                    "use a smaller params.eval_size (m) or fewer samples.",
+                }
+            )
+
+
 def _training_bytes(p: int, shape: Shape, copies: int = 1) -> int:
     # weights, gradients, two Adam moments per model; the data set as float32.
     return copies * 4 * p * F32 + (shape.n_train + shape.n_test) * shape.features * F32
@@ -150,7 +241,7 @@ def estimate(request: dict[str, Any], shape: Shape) -> Estimate:
             d = int(params.get("projection_dim", 2048))
             mem += (n + m) * k * d * F64 + 4 * d * d * F64 + 256 * 1024**2
             notes.append(f"projected: features (n+m)*k*d with d = {d}")
-        if "weights_full" in params.get("measures", []):
+        if {"weights_full", "weights_full_linearized"} & set(params.get("measures", [])):
             mem += 3 * p * p * F64
     elif kind == "fcmi-bound":
         notes.append("per unit (one training on 2*max(n) samples); units run one per worker process")
@@ -165,13 +256,16 @@ def estimate(request: dict[str, Any], shape: Shape) -> Estimate:
             mem += m * k * p * F32 + 3 * (m * k) ** 2 * F64
         else:
             mem += m * k * p * F32 + 3 * m * m * F64
-    return Estimate(
+    est = Estimate(
         parameters=p,
         memory_bytes=int(mem + RUNTIME_BYTES),
         shape=shape,
         notes=notes,
         seconds=estimate_seconds(request, shape),
     )
+    if kind == "sample-information":
+        _sample_information_extras(request, params, shape, est)
+    return est
 
 
 def _train_seconds(epochs: int, n: int, p: int, batch_size: int, networks: float = 1.0) -> float:

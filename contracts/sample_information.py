@@ -10,16 +10,35 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .common import Strict
+from .common import Optimizer, Strict
 
 KIND = "sample-information"
 
-Measure = Literal["weights", "predictions", "weights_full"]
+Measure = Literal["weights", "predictions", "weights_full", "weights_full_linearized"]
 Method = Literal["exact", "projected"]
 ProjectionKind = Literal["rademacher", "gaussian"]
 TimeMode = Literal["discrete", "continuous"]
 LooLambda = Literal["same", "rescaled"]
 GroundTruthReference = Literal["network", "linearized"]
+LinearizeAtName = Literal["init", "trained"]
+JOB_ID_PATTERN = r"^job_[0-9a-f]{24}$"
+CHECKPOINT_ARTIFACT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,115}\.safetensors$"
+# delta_f (n, m, k) float32 is built in worker memory and written as one npz artifact.
+MAX_DELTA_F_BYTES = 1 << 30
+TRAIN_FIELDS = ("train_epochs", "train_lr", "train_batch_size", "train_optimizer")
+
+
+class CheckpointRef(Strict):
+    """Weights to linearize at: a safetensors artifact of an earlier job of the same tenant
+    (e.g. ``limit``'s ``model.safetensors``, ``distillation``'s ``student.safetensors``),
+    made for the same model spec and dataset shape. Read with safetensors only (no pickle)."""
+
+    job: str = Field(pattern=JOB_ID_PATTERN, description="id of a succeeded job of this tenant")
+    artifact: str = Field(
+        default="model.safetensors",
+        pattern=CHECKPOINT_ARTIFACT_PATTERN,
+        description="its .safetensors artifact",
+    )
 
 
 class GroundTruth(Strict):
@@ -60,6 +79,28 @@ class SampleInformationParams(Strict):
     loo_lambda: LooLambda = Field(default="same", description="LOO ridge: same lambda, or (n-1)*l2")
     eval_size: int = Field(default=1000, ge=1, le=100_000, description="m: held-out inputs for F-SI (cap)")
     ground_truth: GroundTruth | None = None
+    weights_full_jitter: float = Field(
+        default=1e-6,
+        gt=0.0,
+        le=1.0,
+        description="weights_full: Sigma + eps*tr(Sigma)/p*I, eps relative to Sigma's mean eigenvalue",
+    )
+    delta_f: bool = Field(
+        default=False,
+        description="also write delta_f.npz: f_w(x') - f_{w_-i}(x') as float32 (n, m, k); "
+        f"refused at submit above {MAX_DELTA_F_BYTES // 2**20} MiB",
+    )
+    linearize_at: LinearizeAtName | CheckpointRef = Field(
+        default="init",
+        description="init: the seeded initialisation; trained: after train_epochs of the training recipe; "
+        "or {job, artifact}: a safetensors checkpoint of the same model spec",
+    )
+    train_epochs: int = Field(default=30, ge=1, le=2000, description="linearize_at 'trained': epochs")
+    train_lr: float = Field(
+        default=1e-3, gt=0.0, le=10.0, description="linearize_at 'trained': learning rate"
+    )
+    train_batch_size: int = Field(default=64, ge=1, le=65_536, description="linearize_at 'trained': batch")
+    train_optimizer: Optimizer = Field(default="adam", description="linearize_at 'trained': adam or sgd")
 
     @model_validator(mode="after")
     def _network_ground_truth_needs_finite_t(self) -> SampleInformationParams:
@@ -67,4 +108,13 @@ class SampleInformationParams(Strict):
             raise ValueError(
                 "ground_truth with reference 'network' retrains the real network for t steps: set a finite 't'"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _training_fields_need_trained(self) -> SampleInformationParams:
+        # Only values that differ from the defaults: a dumped request (defaults included) must re-parse.
+        fields = type(self).model_fields
+        given = sorted(f for f in TRAIN_FIELDS if getattr(self, f) != fields[f].default)
+        if given and self.linearize_at != "trained":
+            raise ValueError(f"{', '.join(given)} only apply with linearize_at 'trained'")
         return self

@@ -132,7 +132,7 @@ def network_loo(
     w0 = [p.detach().clone() for p in base.parameters()]
     x64 = x.double()
     xe64 = None if x_eval is None else x_eval.double()
-    targets = one_hot(y.cpu(), k).to(x64.device)
+    targets = one_hot(y.to(x64.device), k)
 
     def run(weight: Tensor, eta_: float, lam_: float) -> tuple[Tensor, Tensor | None]:
         net = copy.deepcopy(base)
@@ -143,18 +143,19 @@ def network_loo(
 
     ones = torch.ones(n, dtype=torch.float64, device=x64.device)
     w_full, f_full = run(ones, eta, lam)
-    sq_w = np.empty(len(indices))
-    sq_f = np.empty(len(indices)) if f_full is not None else None
+    # Results stay on the device until the end (no host sync per retraining).
+    sq_w = torch.empty(len(indices), dtype=torch.float64, device=x64.device)
+    sq_f = torch.empty_like(sq_w) if f_full is not None else None
     for j, i in enumerate(indices):
         weight = ones.clone()
         weight[int(i)] = 0.0
         w_i, f_i = run(weight, eta_loo, lam_loo)
-        sq_w[j] = float(((w_full - w_i) ** 2).sum())
+        sq_w[j] = ((w_full - w_i) ** 2).sum()
         if sq_f is not None and f_full is not None and f_i is not None:
-            sq_f[j] = float(((f_full - f_i) ** 2).sum())
+            sq_f[j] = ((f_full - f_i) ** 2).sum()
         if progress is not None:
             progress(j + 1, len(indices))
-    return LooChanges(np.asarray(indices), sq_w, sq_f)
+    return LooChanges(np.asarray(indices), sq_w.cpu().numpy(), None if sq_f is None else sq_f.cpu().numpy())
 
 
 def linearized_loo(
@@ -182,33 +183,34 @@ def linearized_loo(
     with torch.no_grad():
         was = model.training
         model.eval()
-        f0 = model(x).double().cpu()
+        f0 = model(x).double()
         model.train(was)
-    jac = per_sample_jacobians(model, x, should_stop=should_stop).double().cpu()
+    jac = per_sample_jacobians(model, x, should_stop=should_stop).double()
     p = jac.shape[2]
     jac = jac.reshape(n * k, p)
-    jac_eval = None if x_eval is None else per_sample_jacobians(model, x_eval).double().cpu().reshape(-1, p)
-    r0 = f0.reshape(-1) - one_hot(y.cpu(), k).reshape(-1)
+    jac_eval = None if x_eval is None else per_sample_jacobians(model, x_eval).double().reshape(-1, p)
+    r0 = f0.reshape(-1) - one_hot(y.to(f0.device), k).reshape(-1)
+    dev = r0.device
 
     def fit(rows: Tensor, eta_: float, lam_: float) -> Tensor:
         if t is None:
             return ridge_weights(jac[rows], r0[rows], lam=lam_)
         return explicit_gd_weights(jac[rows], r0[rows], lam=lam_, eta=eta_, t=t)
 
-    full = fit(torch.ones(n * k, dtype=torch.bool), eta, lam)
-    sq_w = np.empty(len(indices))
-    sq_f = np.empty(len(indices)) if jac_eval is not None else None
+    full = fit(torch.ones(n * k, dtype=torch.bool, device=dev), eta, lam)
+    sq_w = torch.empty(len(indices), dtype=torch.float64, device=dev)
+    sq_f = torch.empty_like(sq_w) if jac_eval is not None else None
     for j, i in enumerate(indices):
         check_stop(should_stop)
-        keep = torch.ones(n * k, dtype=torch.bool)
+        keep = torch.ones(n * k, dtype=torch.bool, device=dev)
         keep[int(i) * k : (int(i) + 1) * k] = False
         dw = full - fit(keep, eta_loo, lam_loo)
-        sq_w[j] = float((dw**2).sum())
+        sq_w[j] = (dw**2).sum()
         if sq_f is not None and jac_eval is not None:
-            sq_f[j] = float(((jac_eval @ dw) ** 2).sum())
+            sq_f[j] = ((jac_eval @ dw) ** 2).sum()
         if progress is not None:
             progress(j + 1, len(indices))
-    return LooChanges(np.asarray(indices), sq_w, sq_f)
+    return LooChanges(np.asarray(indices), sq_w.cpu().numpy(), None if sq_f is None else sq_f.cpu().numpy())
 
 
 def compare(

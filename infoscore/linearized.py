@@ -68,7 +68,7 @@ def loo_sum_form(n: int, lr: float, l2: float, loo_lambda: LooLambda = "same") -
 
 def one_hot(y: Tensor, k: int) -> Tensor:
     """y (n,) int -> (n, k) float64 0/1 targets."""
-    return torch.nn.functional.one_hot(y.long(), k).to(torch.float64)
+    return torch.nn.functional.one_hot(y.long(), k).to(torch.float64)  # on y's device
 
 
 @dataclass
@@ -179,11 +179,11 @@ def explicit_gd_weights(
     j = jac.to(torch.float64)
     r = r0.to(torch.float64)
     if time == "continuous":
-        h = j.T @ j + lam * torch.eye(j.shape[1], dtype=torch.float64)
+        h = j.T @ j + lam * torch.eye(j.shape[1], dtype=torch.float64, device=j.device)
         s, vecs = torch.linalg.eigh(h)
         g = gd_filter(s, eta=eta, t=t, time="continuous")
         return -(vecs @ (g * (vecs.T @ (j.T @ r))))
-    delta = torch.zeros(j.shape[1], dtype=torch.float64)
+    delta = torch.zeros(j.shape[1], dtype=torch.float64, device=j.device)
     for _ in range(t):
         delta = delta - eta * (j.T @ (r + j @ delta) + lam * delta)
     return delta
@@ -192,5 +192,5 @@ def explicit_gd_weights(
 def ridge_weights(jac: Tensor, r0: Tensor, *, lam: float) -> Tensor:
     """Reference for t = ∞: w_∞ − w₀ = −(JᵀJ + λI)⁻¹ Jᵀ r₀ (p,), solved in weight space."""
     j = jac.to(torch.float64)
-    h = j.T @ j + lam * torch.eye(j.shape[1], dtype=torch.float64)
+    h = j.T @ j + lam * torch.eye(j.shape[1], dtype=torch.float64, device=j.device)
     return -torch.linalg.solve(h, j.T @ r0.to(torch.float64))

@@ -9,8 +9,10 @@ scores are
 
 * ``si_weights``     = ‖w − w₋ᵢ‖² / (2σ²)            (weights-plain, Σ = σ²I)
 * ``si_predictions`` = Σ_{x'} ‖f_w(x') − f_{w₋ᵢ}(x')‖² / (2σ²)   over m held-out x'
-* ``si_weights_full`` = Δwᵀ(Σ + 1e-10·I)⁻¹Δw with Σ the SGD steady-state covariance
-  (Lyapunov equation HΣ + ΣH = C; no ½ and no η/b factor: a global rescale)
+* ``si_weights_full`` = Δwᵀ(Σ + ε·(tr Σ/p)·I)⁻¹Δw with Σ the SGD steady-state covariance
+  (Lyapunov equation HΣ + ΣH = C, C from the real network's per-example gradients at w_t;
+  no ½ and no η/b factor: a global rescale); ``si_weights_full_linearized`` takes C from
+  the linearized model's gradients instead
 
 where w₋ᵢ is trained without sample i from the same w₀ with step lr/(n − 1).
 
@@ -19,27 +21,32 @@ Methods
 ``exact`` (default)
     Full NTK Θ (N, N) in float64. t = ∞: one Cholesky and the p-free identities
     c_i = P_ii⁻¹ a_i, ‖Δw_i‖² = c_iᵀ(P − λP²)_ii c_i with P = A⁻¹, a = P r₀ (O(N³)).
-    Finite t: one ``eigh`` of A₋ᵢ,₋ᵢ per i (O(n N³)). Memory O(N² + Np).
+    Finite t: one ``eigh`` of Θ and an exact blocked recurrence for all i (O(N³ + nkNt),
+    :func:`loo_finite`), or one ``eigh`` of A₋ᵢ,₋ᵢ per i. Memory O(N² + Np).
 ``projected``
     Features Φ = J R (N, d) (:mod:`infoscore.projection`), primal algebra with
     M = ΦᵀΦ + λI_d (Woodbury): c_i = (I − H_ii)⁻¹ρ_i, Δv_i = −M⁻¹Φ_iᵀc_i. Never an
     (N, N) matrix; O(N d² + d³), memory O(N d). Finite t: one ``eigh`` of M − Φ_iᵀΦ_i per i.
 
 F-SI uses Δf_i(x') = J(x')Δw_i (exact) or Φ(x')Δv_i (projected), contracted without
-forming Θ_{X'X}.
+forming Θ_{X'X}; ``delta_f`` keeps those (n, m, k) changes. The reference point w₀ is the
+model's current state: :func:`train_linearization_point` and :func:`load_checkpoint` move
+it (job option ``linearize_at``). Everything stays on the model's device until returned.
 """
 
 from __future__ import annotations
 
 import math
 import time as _time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
 
 from .errors import InvalidInputError, NumericalError, invalid
 from .linearized import (
@@ -52,13 +59,14 @@ from .linearized import (
     one_hot,
     sum_form,
 )
-from .ntk import jacobian_chunks, parameter_count, per_sample_jacobians
+from .ntk import flat_parameters, jacobian_chunks, parameter_count, per_sample_jacobians
 from .progress import ProgressFn, StopFn, check_stop
-from .projection import PROJECTION_KINDS, projected_features, projector_for
+from .projection import PROJECTION_KINDS, ROW_BLOCK, Projector, projected_features, projector_for
 
-Measure = Literal["weights", "predictions", "weights_full"]
+Measure = Literal["weights", "predictions", "weights_full", "weights_full_linearized"]
 Method = Literal["exact", "projected"]
-MEASURES: tuple[str, ...] = ("weights", "predictions", "weights_full")
+MEASURES: tuple[str, ...] = ("weights", "predictions", "weights_full", "weights_full_linearized")
+FULL_MEASURES = ("weights_full", "weights_full_linearized")
 METHODS: tuple[str, ...] = ("exact", "projected")
 
 # Defaults (documented in docs/jobs/sample-information.md).
@@ -68,8 +76,14 @@ METHODS: tuple[str, ...] = ("exact", "projected")
 DEFAULT_L2_AUTO_SCALE: dict[str, float] = {"exact": 1e-3, "projected": 1.0}
 DEFAULT_MAX_EXACT_NK = 20_000  # Θ and P: 2 · 8 · N² bytes = 6.4 GB at N = 20000
 DEFAULT_MAX_FULL_P = 5_000  # weights_full: p x p eigendecomposition
-DEFAULT_MAX_FINITE_T_COST = 3e11  # n · N³ (exact) or n · d³ (projected) for finite-t LOO
-FULL_COVARIANCE_JITTER = 1e-10
+# Finite-t LOO has no fixed cap: its cost goes through the job estimator (contracts/estimate.py),
+# which refuses at submit what would not fit the worker's time limit. Callers may still cap it.
+DEFAULT_MAX_FINITE_T_COST: float | None = None
+DEFAULT_MAX_DELTA_F_BYTES = 1 << 30  # delta_f (n, m, k) float32 held in memory and written as npz
+# weights_full: Σ + ε·(tr Σ/p)·I. Relative, so the scores do not depend on the units of the
+# gradients; 1e-6 as the other jitters of this project (the official absolute 1e-10 moved
+# the median score 12x against 1e-6 on a toy problem: the scores are jitter-sensitive).
+DEFAULT_FULL_COVARIANCE_JITTER = 1e-6
 
 
 @dataclass
@@ -98,8 +112,8 @@ def _diag_blocks(a: Tensor, n: int, k: int) -> Tensor:
 def _extreme_eigs(a: Tensor, factor: Tensor, shift: float = 0.0, iters: int = 30) -> tuple[float, float]:
     """Estimates of (s_min, s_max) of SPD a + shift·I = L Lᵀ (factor L) by power and inverse
     iteration (O(iters·N²), no copy of a)."""
-    gen = torch.Generator().manual_seed(0)
-    v = torch.randn(a.shape[0], dtype=torch.float64, generator=gen)
+    gen = torch.Generator(device=a.device).manual_seed(0)  # seeded, on the matrix's device
+    v = torch.randn(a.shape[0], dtype=torch.float64, generator=gen, device=a.device)
     w = v.clone()
     s_max = s_inv = 0.0
     for _ in range(iters):
@@ -141,6 +155,82 @@ def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float) -> KernelLoo:
     return KernelLoo(sq, delta, a, chol.jitter, chol.eps, s_min, s_max)
 
 
+FiniteTRoute = Literal["auto", "recurrence", "eigh"]
+FINITE_T_ROUTES: tuple[str, ...] = ("auto", "recurrence", "eigh")
+FINITE_T_CHUNK_BYTES = 256 * 1024**2  # working memory of one chunk of samples (both routes)
+RECURRENCE_BLOCK = 64  # time steps per block of the recurrence route (upper end; see recurrence_block)
+
+
+# Cost weight of the in-block substitution (small batched matmuls, launch- and memory-bound):
+# fitted so that n = 2000, k = 10, d = 512, t = 2000 (projected, 31 s of CPU) and n = 1000,
+# k = 2, t = 2000 (kernel, 6 s) come out at or above their measured CPU time at 2.4e10/s.
+IN_BLOCK_WEIGHT = 80.0
+
+
+def choose_projected_finite_t_route(n: int, k: int, d: int, t: int, time: str) -> str:
+    """``recurrence`` (:func:`loo_primal_finite`) unless one ``eigh`` of the d x d system per
+    sample (:func:`loo_primal`) is cheaper (small d and large k·t) or time is continuous."""
+    if time != "discrete":
+        return "eigh"
+    return "recurrence" if projected_finite_t_cost(n, k, d, t, time) <= 10.0 * n * float(d) ** 3 else "eigh"
+
+
+def recurrence_block(dim: int, k: int, t: int) -> int:
+    """Time steps per block: the in-block substitution reads k²·block/2 numbers per sample and
+    step, the block boundaries 3·k·dim per sample and block, so √(6·dim/k) balances them
+    (dim = N for the kernel route, d for the feature-space one); clamped to [8, 64] and t."""
+    return max(1, min(t, RECURRENCE_BLOCK, max(8, round(math.sqrt(6.0 * dim / max(k, 1))))))
+
+
+def finite_t_cost(n: int, k: int, t: int, route: str) -> float:
+    """Flop-like cost of exact finite-t LOO on the full kernel (N = nk), for the route choice
+    and the job estimator (``contracts.estimate.finite_t_cost`` mirrors it; a test checks).
+
+    ``recurrence``: one ``eigh`` of Θ (≈10 N³), GEMMs of 6 nkNt for the residual curves,
+    history read-outs and state updates, the Markov blocks (2 nk²N·64), the in-block
+    substitution (n k²·block·t: many small batched matmuls, weighted ``IN_BLOCK_WEIGHT``) and
+    δ = U δ̃ (2 N²n).
+    ``eigh``: one ``eigh`` of A₋ᵢ,₋ᵢ per sample, ≈ 10 n (N − k)³, and the quadratic forms.
+    """
+    big_n = float(n * k)
+    if route == "eigh":
+        return 10.0 * n * (big_n - k) ** 3 + 2.0 * big_n * big_n * n
+    block = float(recurrence_block(n * k, k, t))
+    return (
+        10.0 * big_n**3
+        + 6.0 * n * k * big_n * t
+        + 2.0 * n * k * k * big_n * block
+        + IN_BLOCK_WEIGHT * n * k * k * block * t
+        + 2.0 * big_n * big_n * n
+    )
+
+
+def projected_finite_t_cost(n: int, k: int, d: int, t: int, time: str) -> float:
+    """Cost of projected finite-t LOO in the units of :func:`finite_t_cost` (mirrored in
+    contracts/estimate.py): discrete time uses :func:`loo_primal_finite` (one eigh of the
+    d x d Gram matrix, its formation, the recurrence), continuous time one eigh per sample."""
+    if time != "discrete":
+        return 10.0 * n * float(d) ** 3
+    block = float(recurrence_block(d, k, t))
+    big_n = float(n * k)
+    return (
+        10.0 * float(d) ** 3
+        + 2.0 * big_n * d * d
+        + 6.0 * big_n * d * t
+        + 2.0 * n * k * k * d * block
+        + IN_BLOCK_WEIGHT * n * k * k * block * t
+    )
+
+
+def choose_finite_t_route(n: int, k: int, t: int, time: str) -> str:
+    """``recurrence`` (discrete time only) unless one ``eigh`` per sample is cheaper (t far
+    beyond N²/k)."""
+    if time != "discrete":
+        return "eigh"
+    cheaper = finite_t_cost(n, k, t, "recurrence") <= finite_t_cost(n, k, t, "eigh")
+    return "recurrence" if cheaper else "eigh"
+
+
 def loo_finite(
     theta: Tensor,
     r0: Tensor,
@@ -152,38 +242,170 @@ def loo_finite(
     eta_loo: float,
     t: int,
     time: TimeMode = "discrete",
+    route: FiniteTRoute = "auto",
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> KernelLoo:
-    """Exact LOO after t GD steps (docs/science.md §2.4): one ``eigh`` of A₋ᵢ,₋ᵢ per i.
+    """Exact LOO after t GD steps (docs/science.md §2.4) for every sample, on theta's device.
 
     theta (N, N) float64, r0 (N,). The full run uses (η, λ); each LOO run (η_loo, λ_loo).
+    Routes (same numbers up to round-off; ``auto`` picks by :func:`choose_finite_t_route`):
+
+    ``recurrence`` (discrete time)
+        One ``eigh`` of Θ for all samples. The LOO run is the unmasked run with (η_loo,
+        λ_loo) driven by a k-vector z_j on block i that keeps block i of its coefficients
+        at zero: u_{j+1} = (I − η'A')u_j + η'r₀ − η'E_i z_j. Block i of that constraint is
+        a causal convolution with M_i(q) = E_iᵀ(I − η'A')^q E_i, M_i(0) = I, solved by
+        forward substitution (O(k²t²) per sample); then u⁽⁻ⁱ⁾ in Θ's eigenbasis.
+    ``eigh``
+        One ``eigh`` of A₋ᵢ,₋ᵢ per sample (batched by memory), any t and ``time``.
     """
     n_total = theta.shape[0]
     n = n_total // k
+    if route not in FINITE_T_ROUTES:
+        raise invalid("route", "loo_finite", f"one of {list(FINITE_T_ROUTES)}", route)
+    if route == "auto":
+        route = choose_finite_t_route(n, k, t, time)  # type: ignore[assignment]
+    if route == "recurrence" and time != "discrete":
+        raise invalid("route", "loo_finite", "'eigh' or 'auto' for continuous time", route)
+    dev = theta.device
     theta = _sym(theta.to(torch.float64))
-    r0 = r0.to(torch.float64)
-    eye = torch.eye(n_total, dtype=torch.float64)
-    s, vecs = torch.linalg.eigh(theta + lam * eye)
-    u = vecs @ (gd_filter(s, eta=eta, t=t, time=time) * (vecs.T @ r0))
-    if time == "discrete" and eta_loo * (float(s.max()) - lam + lam_loo) >= 2.0:
-        # Cheap sufficient check before n eigendecompositions (eigenvalues interlace).
-        gd_filter(s - lam + lam_loo, eta=eta_loo, t=t, time=time)
-    delta = u.reshape(-1, 1).repeat(1, n)
-    sq = torch.empty(n, dtype=torch.float64)
-    blocks = torch.arange(n_total).reshape(n, k)
-    for i in range(n):
+    r0 = r0.to(device=dev, dtype=torch.float64)
+    theta_eigs, vecs = torch.linalg.eigh(theta)
+    coef = vecs.T @ r0  # r₀ in Θ's eigenbasis
+    g_full = gd_filter(theta_eigs + lam, eta=eta, t=t, time=time)
+    # Raises naming 'lr' when the LOO runs' discrete GD would diverge.
+    g_loo = gd_filter(theta_eigs + lam_loo, eta=eta_loo, t=t, time=time)
+    u = vecs @ (g_full * coef)
+    eig_min, eig_max = float(theta_eigs.min()) + lam, float(theta_eigs.max()) + lam
+    if route == "recurrence":
+        delta_t, sq = _loo_recurrence(
+            theta_eigs, vecs, coef, g_full - g_loo, k=k, lam_loo=lam_loo, eta_loo=eta_loo, t=t,
+            progress=progress, should_stop=should_stop,
+        )  # fmt: skip
+        delta = vecs @ delta_t.T
+        del delta_t
+    else:
+        delta, sq = _loo_eigh(
+            theta, r0, u, k=k, lam_loo=lam_loo, eta_loo=eta_loo, t=t, time=time,
+            progress=progress, should_stop=should_stop,
+        )  # fmt: skip
+    return KernelLoo(sq.clamp_min(0.0), delta, u, 0.0, 0.0, eig_min, eig_max)
+
+
+def _loo_recurrence(
+    theta_eigs: Tensor,
+    vecs: Tensor,
+    coef: Tensor,
+    g_diff: Tensor,
+    *,
+    k: int,
+    lam_loo: float,
+    eta_loo: float,
+    t: int,
+    block: int | None = None,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> tuple[Tensor, Tensor]:
+    """The ``recurrence`` route: returns δ̃ (n, N) = Uᵀδ_i (rows) and ‖Δw_i‖² (n,).
+
+    theta_eigs (N,), vecs U (N, N), coef = Uᵀr₀, g_diff = g_full − g_loo (N,), all on one
+    device. Time runs in blocks of ``block`` steps. Inside a block the forward substitution
+    z_j = rhs_j − Σ_{q≥1} M_i(q) z_{j−q} uses the short Markov blocks M_i(q), q < block, for
+    the block's own z; everything older is carried as one state per eigen-direction,
+    s = Σ_{i<j0} bᵗʲ⁰⁻¹⁻ⁱ ∘ U_iᵀz_i (b = 1 − η'(θ + λ')), so a block costs GEMMs of
+    O(k·N·block) per sample and nothing grows with t. At the end s = Σ_j bᵗ⁻¹⁻ʲ U_iᵀz_j.
+    """
+    n_total = vecs.shape[0]
+    n = n_total // k
+    dev, f64 = vecs.device, torch.float64
+    base = 1.0 - eta_loo * (theta_eigs + lam_loo)  # |b| ≤ 1: gd_filter checked η'·s'_max < 2
+    width = recurrence_block(n_total, k, t) if block is None else max(1, min(block, t))
+    steps = torch.arange(width + 1, dtype=f64, device=dev)
+    powers = base.reshape(1, -1) ** steps.reshape(-1, 1)  # (width + 1, N): P[q] = b^q
+    cum = torch.cumsum(powers[:width], 0).mul_(eta_loo)  # (width, N): η' Σ_{q'≤q} b^q'
+    delta_t = torch.empty((n, n_total), dtype=f64, device=dev)
+    per_sample = 8 * (k * k * (n_total + width) + 6 * k * n_total + 2 * n_total + 4 * k * width)
+    chunk = max(1, min(n, FINITE_T_CHUNK_BYTES // per_sample))
+    for lo in range(0, n, chunk):
         check_stop(should_stop)
-        keep = torch.cat([blocks[:i].reshape(-1), blocks[i + 1 :].reshape(-1)])
-        a_i = theta[keep][:, keep] + lam_loo * torch.eye(keep.numel(), dtype=torch.float64)
-        s_i, v_i = torch.linalg.eigh(a_i)
-        u_i = v_i @ (gd_filter(s_i, eta=eta_loo, t=t, time=time) * (v_i.T @ r0[keep]))
-        delta[keep, i] -= u_i
-        d_i = delta[:, i]
-        sq[i] = d_i @ (theta @ d_i)
+        hi = min(n, lo + chunk)
+        c = hi - lo
+        u_blk = vecs[lo * k : hi * k].reshape(c, k, n_total)  # U's rows of block i
+        outer = (u_blk.unsqueeze(2) * u_blk.unsqueeze(1)).reshape(c * k * k, n_total)
+        # (c, a, q, b): a q-slice viewed as (c, a, q·b) is a strided batch of matrices, no copy.
+        markov = (outer @ powers[:width].T).reshape(c, k, k, width).permute(0, 1, 3, 2).contiguous()
+        del outer
+        weighted = (u_blk * coef).reshape(c * k, n_total)
+        state = torch.zeros((c, n_total), dtype=f64, device=dev)
+        curve = torch.zeros(n_total, dtype=f64, device=dev)  # g_{j0}: η' Σ_{q<j0} b^q
+        power = torch.ones(n_total, dtype=f64, device=dev)  # b^{j0}
+        for j0 in range(0, t, width):
+            w = min(width, t - j0)
+            # rhs_j = [u_{j+1}]_i / η' of the unmasked run, j = j0 .. j0 + w − 1.
+            curves = curve + power * cum[:w]  # (w, N): g_{j+1}
+            rhs = (weighted @ curves.T).reshape(c, k, w) / eta_loo
+            history = (u_blk * state.unsqueeze(1)).reshape(c * k, n_total) @ powers[1 : w + 1].T
+            rhs -= history.reshape(c, k, w)
+            z_rev = torch.zeros((c, w, k), dtype=f64, device=dev)  # z_rev[:, w−1−q] = z_{j0+q}
+            for q in range(w):
+                z_q = rhs[:, :, q]
+                if q:
+                    past = markov[:, :, 1 : q + 1].reshape(c, k, q * k)
+                    z_q = z_q - (past @ z_rev[:, w - q :].reshape(c, q * k, 1)).squeeze(2)
+                z_rev[:, w - 1 - q] = z_q
+            pushed = (z_rev.permute(0, 2, 1).reshape(c * k, w) @ powers[:w]).reshape(c, k, n_total)
+            state = powers[w] * state + (u_blk * pushed).sum(1)
+            curve = curves[w - 1]
+            power = power * powers[w]
+        delta_t[lo:hi] = g_diff * coef + eta_loo * state
         if progress is not None:
-            progress(i + 1, n)
-    return KernelLoo(sq.clamp_min(0.0), delta, u, 0.0, 0.0, float(s.min()), float(s.max()))
+            progress(hi, n)
+    sq = (delta_t * delta_t * theta_eigs).sum(1)
+    return delta_t, sq
+
+
+def _loo_eigh(
+    theta: Tensor,
+    r0: Tensor,
+    u: Tensor,
+    *,
+    k: int,
+    lam_loo: float,
+    eta_loo: float,
+    t: int,
+    time: TimeMode,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> tuple[Tensor, Tensor]:
+    """The ``eigh`` route: δ (N, n) and ‖Δw_i‖² (n,), batched eigendecompositions."""
+    n_total = theta.shape[0]
+    n = n_total // k
+    dev, f64 = theta.device, torch.float64
+    blocks = torch.arange(n_total, device=dev).reshape(n, k)
+    eye = torch.eye(n_total - k, dtype=f64, device=dev)
+    delta = u.reshape(-1, 1).repeat(1, n)
+    sq = torch.empty(n, dtype=f64, device=dev)
+    batch = max(1, min(n, FINITE_T_CHUNK_BYTES // (3 * 8 * (n_total - k) ** 2)))
+    for lo in range(0, n, batch):
+        check_stop(should_stop)
+        hi = min(n, lo + batch)
+        keep = torch.stack(
+            [torch.cat([blocks[:i].reshape(-1), blocks[i + 1 :].reshape(-1)]) for i in range(lo, hi)]
+        )  # (b, N − k)
+        a_b = theta[keep.unsqueeze(2), keep.unsqueeze(1)] + lam_loo * eye
+        s_b, v_b = torch.linalg.eigh(a_b)
+        del a_b
+        g_b = gd_filter(s_b.reshape(-1), eta=eta_loo, t=t, time=time).reshape(s_b.shape)
+        r_b = r0[keep]  # (b, N − k)
+        u_b = (v_b @ (g_b * (v_b.transpose(1, 2) @ r_b.unsqueeze(2)).squeeze(2)).unsqueeze(2)).squeeze(2)
+        for j, i in enumerate(range(lo, hi)):
+            delta[keep[j], i] -= u_b[j]
+        d_b = delta[:, lo:hi]
+        sq[lo:hi] = (d_b * (theta @ d_b)).sum(0)
+        if progress is not None:
+            progress(hi, n)
+    return delta, sq
 
 
 @dataclass
@@ -290,6 +512,103 @@ def loo_primal(
     return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, 0.0, 0.0, float(s.min()), float(s.max()))
 
 
+def loo_primal_finite(
+    phi: Tensor,
+    r0: Tensor,
+    *,
+    k: int,
+    lam: float,
+    lam_loo: float,
+    eta: float,
+    eta_loo: float,
+    t: int,
+    phi_eval: Tensor | None = None,
+    keep_dv: bool = False,
+    block: int | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> PrimalLoo:
+    """Exact LOO after t discrete GD steps for the linear model r₀ + Φv (projected method),
+    with one ``eigh`` of ΦᵀΦ for all samples instead of one per sample.
+
+    phi (N, d), r0 (N,), phi_eval (M', d) or None; same result as the finite-t branch of
+    :func:`loo_primal` (round-off only). The run without i is the unmasked run with
+    (η', λ') plus a rank-k correction through Φ_iᵀ: v⁽⁻ⁱ⁾_s = v_s^{ref} + η'Σ_{j<s}
+    (I − η'M')^{s−1−j}Φ_iᵀz_j with z_j = r_i + Φ_i v⁽⁻ⁱ⁾_j (sample i's residual), an explicit
+    causal recursion run in blocks of ``block`` steps as in :func:`loo_finite`'s recurrence:
+    O(d³ + N d² + n k d t) instead of O(n d³).
+    """
+    n_total, d = phi.shape
+    n = n_total // k
+    dev, f64 = phi.device, torch.float64
+    r0 = r0.to(device=dev, dtype=f64)
+    gram = torch.zeros((d, d), dtype=f64, device=dev)
+    b = torch.zeros(d, dtype=f64, device=dev)
+    for lo in range(0, n_total, 65536):
+        rows = phi[lo : lo + 65536].to(f64)
+        gram += rows.T @ rows
+        b += rows.T @ r0[lo : lo + 65536]
+    mu, vecs = torch.linalg.eigh(_sym(gram))
+    cb = vecs.T @ b
+    g_full = gd_filter(mu + lam, eta=eta, t=t)
+    g_loo = gd_filter(mu + lam_loo, eta=eta_loo, t=t)  # raises naming 'lr' when GD diverges
+    v = -(vecs @ (g_full * cb))
+    base = 1.0 - eta_loo * (mu + lam_loo)
+    width = recurrence_block(d, k, t) if block is None else max(1, min(block, t))
+    steps = torch.arange(width + 1, dtype=f64, device=dev)
+    powers = base.reshape(1, -1) ** steps.reshape(-1, 1)  # (width + 1, d)
+    cum_excl = (torch.cumsum(powers[:width], 0) - powers[:width]) * eta_loo  # η'Σ_{q'<q} b^q'
+    cov_eval = None
+    if phi_eval is not None:
+        pe = phi_eval.to(device=dev, dtype=f64) @ vecs
+        cov_eval = _sym(pe.T @ pe)  # in the eigenbasis
+    sq = torch.empty(n, dtype=f64, device=dev)
+    sq_f = torch.empty(n, dtype=f64, device=dev) if cov_eval is not None else None
+    dv_all = torch.empty((n, d), dtype=f64, device=dev) if keep_dv else None
+    per_sample = 8 * (k * k * width + 7 * k * d + 2 * d + 4 * k * width)
+    chunk = max(1, min(n, FINITE_T_CHUNK_BYTES // per_sample))
+    for lo in range(0, n, chunk):
+        check_stop(should_stop)
+        hi = min(n, lo + chunk)
+        c = hi - lo
+        feats = (phi[lo * k : hi * k].to(f64) @ vecs).reshape(c, k, d)  # F_i = Φ_i V
+        resid0 = r0[lo * k : hi * k].reshape(c, k)
+        markov = torch.einsum(
+            "cad,qd,cbd->caqb", feats, powers[:width], feats
+        ).contiguous()  # K_i(q), q < width
+        flat = feats.reshape(c * k, d)
+        state = torch.zeros((c, d), dtype=f64, device=dev)
+        curve = torch.zeros(d, dtype=f64, device=dev)  # g_{j0}
+        power = torch.ones(d, dtype=f64, device=dev)  # b^{j0}
+        for j0 in range(0, t, width):
+            check_stop(should_stop)
+            w = min(width, t - j0)
+            curves = curve + power * cum_excl[:w]  # (w, d): g_s, s = j0 .. j0 + w − 1
+            rhs = resid0.unsqueeze(2) - ((flat * cb) @ curves.T).reshape(c, k, w)
+            rhs += eta_loo * ((feats * state.unsqueeze(1)).reshape(c * k, d) @ powers[:w].T).reshape(c, k, w)
+            z_rev = torch.zeros((c, w, k), dtype=f64, device=dev)  # z_rev[:, w−1−q] = z_{j0+q}
+            for q in range(w):
+                z_q = rhs[:, :, q]
+                if q:
+                    past = markov[:, :, :q].reshape(c, k, q * k)
+                    z_q = z_q + eta_loo * (past @ z_rev[:, w - q :].reshape(c, q * k, 1)).squeeze(2)
+                z_rev[:, w - 1 - q] = z_q
+            pushed = (z_rev.permute(0, 2, 1).reshape(c * k, w) @ powers[:w]).reshape(c, k, d)
+            state = powers[w] * state + (feats * pushed).sum(1)
+            curve = curve + power * (cum_excl[w - 1] + eta_loo * powers[w - 1])  # g_{j0+w}
+            power = power * powers[w]
+        dv_t = (g_loo - g_full) * cb - eta_loo * state  # Vᵀ(v − v⁽⁻ⁱ⁾), (c, d)
+        sq[lo:hi] = (dv_t * dv_t).sum(1)
+        if sq_f is not None and cov_eval is not None:
+            sq_f[lo:hi] = ((dv_t @ cov_eval) * dv_t).sum(1)
+        if dv_all is not None:
+            dv_all[lo:hi] = dv_t @ vecs.T
+        if progress is not None:
+            progress(hi, n)
+    s_all = mu + lam
+    return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, 0.0, 0.0, float(s_all.min()), float(s_all.max()))
+
+
 def lyapunov_covariance(h: Tensor, c: Tensor) -> Tensor:
     """Σ solving HΣ + ΣH = C for symmetric H ≻ 0 (p, p) and C (p, p), float64.
 
@@ -300,25 +619,87 @@ def lyapunov_covariance(h: Tensor, c: Tensor) -> Tensor:
     return _sym(vecs @ (ct / (s.reshape(-1, 1) + s.reshape(1, -1))) @ vecs.T)
 
 
-def weights_full_scores(h: Tensor, grads: Tensor, dw: Tensor) -> Tensor:
-    """Δw_iᵀ(Σ + 1e-10·I)⁻¹Δw_i (n,) for HΣ + ΣH = C, C = (1/n)Σ g_igᵢᵀ − ḡḡᵀ.
+def weights_full_scores(
+    h: Tensor, grads: Tensor, dw: Tensor, *, rel_jitter: float = DEFAULT_FULL_COVARIANCE_JITTER
+) -> Tensor:
+    """Δw_iᵀ(Σ + ε·(tr Σ/p)·I)⁻¹Δw_i (n,) for HΣ + ΣH = C, C = (1/n)Σ g_igᵢᵀ − ḡḡᵀ.
 
     h (p, p); grads (n, p) per-example loss gradients at the final weights; dw (n, p).
+    The jitter is relative to Σ's mean eigenvalue, so the scores scale as 1/c² when the
+    gradients scale by c (an absolute jitter would make them depend on the units).
     """
     g = grads.to(torch.float64)
     gbar = g.mean(0)
     c = g.T @ g / g.shape[0] - torch.outer(gbar, gbar)
     sigma = lyapunov_covariance(h, c)
-    eye = torch.eye(sigma.shape[0], dtype=torch.float64)
-    chol = cholesky_with_jitter(sigma + FULL_COVARIANCE_JITTER * eye)
+    p = sigma.shape[0]
+    scale = float(torch.trace(sigma)) / p
+    if not scale > 0:
+        raise NumericalError(
+            "weights_full: the gradient covariance is zero (every sample has the same gradient)"
+        )
+    eye = torch.eye(p, dtype=torch.float64, device=sigma.device)
+    chol = cholesky_with_jitter(sigma + (rel_jitter * scale) * eye)
     sol = torch.cholesky_solve(dw.to(torch.float64).T, chol.factor)
     return (dw.to(torch.float64).T * sol).sum(0)
+
+
+def per_sample_loss_gradients(
+    model: nn.Module,
+    weights: Tensor,
+    x: Tensor,
+    targets: Tensor,
+    *,
+    batch_size: int = 128,
+    should_stop: StopFn | None = None,
+) -> Iterator[tuple[int, Tensor]]:
+    """Yield ``(start, G)`` with G (b, p) the gradients of ½‖f_w(x_i) − y_i‖² of the *real*
+    network at the flat weights ``weights`` (p,), for x[start:start+b]; targets (n, k).
+
+    Eval mode (BatchNorm running statistics, dropout off), the model itself untouched.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        names = [name for name, _ in model.named_parameters()]
+        shapes = [prm.shape for _, prm in model.named_parameters()]
+        dtype = next(model.parameters()).dtype
+        pieces = torch.split(weights.to(dtype), [math.prod(sh) for sh in shapes])
+        params = {name: piece.reshape(sh) for name, piece, sh in zip(names, pieces, shapes, strict=True)}
+        buffers = {name: buf.detach() for name, buf in model.named_buffers()}
+
+        def loss(prm: dict[str, Tensor], x_single: Tensor, y_single: Tensor) -> Tensor:
+            out = functional_call(model, (prm, buffers), (x_single.unsqueeze(0),))[0]
+            return 0.5 * ((out - y_single.to(out.dtype)) ** 2).sum()
+
+        grad_fn = vmap(grad(loss), in_dims=(None, 0, 0))
+        for start in range(0, x.shape[0], batch_size):
+            check_stop(should_stop)
+            grads = grad_fn(params, x[start : start + batch_size], targets[start : start + batch_size])
+            b = min(batch_size, x.shape[0] - start)
+            yield start, torch.cat([grads[name].reshape(b, -1) for name in names], dim=1)
+    finally:
+        model.train(was_training)
+
+
+def _lift(projector: Projector, v: Tensor) -> Tensor:
+    """R v (p,) for v (d,): the weight change of the projected model w₀ + R v."""
+    parts = []
+    for ti, size in enumerate(projector.sizes):
+        for bi in range(0, (size + ROW_BLOCK - 1) // ROW_BLOCK):
+            parts.append(projector.block(ti, bi).to(device=v.device, dtype=torch.float64) @ v)
+    return torch.cat(parts)
 
 
 @dataclass
 class SampleInformation:
     """Scores of one job. Arrays (n,) float64 numpy in nats, None when not requested.
 
+    si_weights_full: the network's per-example gradients at w_t (official); with
+    ``method="projected"`` it is the same score for the network restricted to the random
+    subspace w₀ + R v (computed in the projection space: see :meth:`columns`).
+    si_weights_full_linearized: the linearized model's gradients J(w₀)ᵀ(f_t − y) instead.
+    delta_f: (n, m, k) float32 numpy, Δf_i(x') = f_w(x') − f_{w₋ᵢ}(x'), when requested.
     train_accuracy / test_accuracy: of the linearized model at step t on the (possibly
     noisy) training labels / on the held-out set (NaN without held-out labels).
     info: n, k, p, d, m, l2, lam, eta, t, jitter, cond_A, timings and the like.
@@ -330,6 +711,21 @@ class SampleInformation:
     train_accuracy: float
     test_accuracy: float
     info: dict[str, Any] = field(default_factory=dict)
+    si_weights_full_linearized: np.ndarray | None = None
+    delta_f: np.ndarray | None = None
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Score columns under honest names: in projected mode the full-covariance scores
+        live in the d-dim projection space and get a ``_projected`` suffix."""
+        suffix = "_projected" if self.info.get("method") == "projected" else ""
+        out: dict[str, np.ndarray] = {}
+        for name in ("si_weights", "si_predictions"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        for name in ("si_weights_full", "si_weights_full_linearized"):
+            if getattr(self, name) is not None:
+                out[name + suffix] = getattr(self, name)
+        return out
 
 
 def _check_params(
@@ -384,19 +780,47 @@ def _logits64(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
         out = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     finally:
         model.train(was_training)
-    return torch.cat(out).to(torch.float64).cpu()
+    return torch.cat(out).to(torch.float64)
 
 
 def _accuracy(logits: Tensor, y: Tensor | None) -> float:
     if y is None or y.numel() == 0:
         return math.nan
-    return float((logits.argmax(1) == y.cpu()).to(torch.float64).mean())
+    return float((logits.argmax(1) == y.to(logits.device)).to(torch.float64).mean())
 
 
 def exact_memory_bytes(n: int, k: int, p: int, m: int) -> int:
     """Rough peak of the exact method: J (float64), Θ and P (N²), δ (N n), eval chunks."""
     big_n = n * k
     return 8 * (big_n * p + 2 * big_n * big_n + big_n * n + p * (n + 1)) + 8 * 128 * k * p
+
+
+def finite_t_refusal(
+    n: int, k: int, t: int, method: str, projection_dim: int, time: str, max_cost: float
+) -> str | None:
+    """None when finite-t LOO fits ``max_cost`` (flop-like units of :func:`finite_t_cost`),
+    else the reason, naming the cost and the fixes."""
+    if method == "exact":
+        cost = min(
+            finite_t_cost(n, k, t, choose_finite_t_route(n, k, t, time)), finite_t_cost(n, k, t, "eigh")
+        )
+        what = "(nk)^3 + nk*nk*t"
+    else:
+        cost = min(
+            projected_finite_t_cost(n, k, projection_dim, t, time), 10.0 * n * float(projection_dim) ** 3
+        )
+        what = "d^3 + nk*d*t or n*d^3"
+    if cost <= max_cost:
+        return None
+    fix = (
+        ", or method 'projected' with a small projection_dim."
+        if method == "exact"
+        else ", or a smaller projection_dim."
+    )
+    return (
+        f"The 't' parameter of sample_information is {t}: exact LOO at finite t costs about {cost:.3g} "
+        f"(order {what}) > {max_cost:.3g}. Use t = null (infinity), fewer samples" + fix
+    )
 
 
 def sample_information(
@@ -422,20 +846,27 @@ def sample_information(
     batch_size: int = 128,
     max_exact_nk: int = DEFAULT_MAX_EXACT_NK,
     max_full_p: int = DEFAULT_MAX_FULL_P,
-    max_finite_t_cost: float = DEFAULT_MAX_FINITE_T_COST,
+    max_finite_t_cost: float | None = DEFAULT_MAX_FINITE_T_COST,
+    weights_full_jitter: float = DEFAULT_FULL_COVARIANCE_JITTER,
+    delta_f: bool = False,
+    max_delta_f_bytes: int = DEFAULT_MAX_DELTA_F_BYTES,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> SampleInformation:
     """SI / F-SI of every training sample for ``model`` linearized at its current weights.
 
     x_train (n, ...) and y_train (n,) int on the model's device; x_eval (m, ...) held-out
-    inputs for F-SI (required when ``"predictions"`` is measured), y_eval (m,) optional
-    labels for the linearized test accuracy. ``lr``/``l2`` are in the mean-loss form
-    (η = lr/n, λ = n·l2); ``l2=None`` picks λ = l2_auto_scale · tr(Θ)/(nk) (scale-free).
+    inputs for F-SI (required when ``"predictions"`` is measured or ``delta_f``), y_eval (m,)
+    optional labels for the linearized test accuracy. ``lr``/``l2`` are in the mean-loss
+    form (η = lr/n, λ = n·l2); ``l2=None`` picks λ = l2_auto_scale · tr(Θ)/(nk) (scale-free).
     ``l2_auto_scale=None`` means 1e-3 for ``exact`` and 1.0 for ``projected`` (see
     ``DEFAULT_L2_AUTO_SCALE``). ``t=None`` is t = ∞. method: ``exact`` (default; refused beyond nk > max_exact_nk)
-    or ``projected`` (d = projection_dim, R seeded by ``seed``).
+    or ``projected`` (d = projection_dim, R seeded by ``seed``). ``max_finite_t_cost``: None
+    (default) runs any finite t; a number refuses costlier ones (:func:`finite_t_refusal`).
+    ``weights_full_jitter``: ε of the relative jitter ε·tr(Σ)/p (:func:`weights_full_scores`).
+    ``delta_f``: also return Δf (n, m, k) float32 (refused beyond ``max_delta_f_bytes``).
 
+    Everything stays on the model's device until the result is returned.
     progress(done, total) counts stages: Jacobians of x_train, the LOO, held-out Jacobians.
     """
     n = int(x_train.shape[0])
@@ -443,12 +874,28 @@ def sample_information(
     _check_params(
         n, k, t, lr, l2, l2_auto_scale, sigma, measures, method, projection_dim, projection, time, loo_lambda
     )
+    caller = "sample_information"
+    if not (
+        isinstance(weights_full_jitter, int | float)
+        and math.isfinite(weights_full_jitter)
+        and weights_full_jitter > 0
+    ):
+        raise invalid("weights_full_jitter", caller, "a float in (0, inf)", weights_full_jitter)
     if y_train.shape[0] != n:
-        raise invalid("y_train", "sample_information", f"{n} labels", int(y_train.shape[0]))
+        raise invalid("y_train", caller, f"{n} labels", int(y_train.shape[0]))
     if "predictions" in measures and x_eval is None:
-        raise invalid("x_eval", "sample_information", "held-out inputs when 'predictions' is measured", None)
+        raise invalid("x_eval", caller, "held-out inputs when 'predictions' is measured", None)
+    if delta_f and x_eval is None:
+        raise invalid("x_eval", caller, "held-out inputs when delta_f is requested", None)
     m = 0 if x_eval is None else int(x_eval.shape[0])
     big_n = n * k
+    if delta_f and 4 * n * m * k > max_delta_f_bytes:
+        raise InvalidInputError(
+            f"The 'delta_f' parameter of sample_information asks for an (n, m, k) = ({n}, {m}, {k}) float32 "
+            f"array of {4 * n * m * k / 2**30:.2f} GiB, over the limit of {max_delta_f_bytes / 2**30:.2f} GiB. "
+            "Use a smaller eval_size (m) or fewer samples.",
+            param="delta_f",
+        )
     if method == "exact" and big_n > max_exact_nk:
         est = exact_memory_bytes(n, k, p, m)
         raise InvalidInputError(
@@ -458,34 +905,24 @@ def sample_information(
             param="method",
         )
     dim = p if method == "exact" else projection_dim
-    if "weights_full" in measures and dim > max_full_p:
+    if any(mm in FULL_MEASURES for mm in measures) and dim > max_full_p:
         raise InvalidInputError(
             f"The 'measures' parameter of sample_information asks for 'weights_full', which needs a "
             f"{dim} x {dim} eigendecomposition (limit {max_full_p}: {'p' if method == 'exact' else 'd'} = {dim}). "
             "Drop 'weights_full', use a smaller model or method 'projected' with a small projection_dim.",
             param="measures",
         )
-    if t is not None:
-        cost = n * float(big_n - k) ** 3 if method == "exact" else n * float(projection_dim) ** 3
-        if cost > max_finite_t_cost:
-            raise InvalidInputError(
-                f"The 't' parameter of sample_information is {t}: exact LOO at finite t needs one "
-                f"eigendecomposition per sample, cost n*{'(nk)' if method == 'exact' else 'd'}^3 = {cost:.3g} "
-                f"> {max_finite_t_cost:.3g}. Use t = null (infinity), fewer samples"
-                + (
-                    ", or method 'projected' with a small projection_dim."
-                    if method == "exact"
-                    else ", or a smaller projection_dim."
-                ),
-                param="t",
-            )
+    if t is not None and max_finite_t_cost is not None:
+        reason = finite_t_refusal(n, k, t, method, projection_dim, time, max_finite_t_cost)
+        if reason is not None:
+            raise InvalidInputError(reason, param="t")
     if l2_auto_scale is None:
         l2_auto_scale = DEFAULT_L2_AUTO_SCALE[method]
     eta, _ = sum_form(n, lr, 0.0)
     eta_loo, _ = loo_sum_form(n, lr, 0.0)
     timings: dict[str, float] = {}
-    n_eval_units = m if ("predictions" in measures or y_eval is not None) else 0
-    total = n + (n if t is not None else 1) + n_eval_units
+    n_eval_units = m if ("predictions" in measures or y_eval is not None or delta_f) else 0
+    total = n + n + n_eval_units
     done = [0]
 
     def stage_progress(offset: int) -> ProgressFn:
@@ -496,13 +933,17 @@ def sample_information(
 
         return report
 
+    def loo_progress(i: int, total_i: int) -> None:  # the LOO stage counts n units whatever its steps
+        stage_progress(n)(round(n * i / max(total_i, 1)), n)
+
     tic = _time.perf_counter()
-    y_cpu = y_train.cpu().long()
-    targets = one_hot(y_cpu, k).reshape(-1)
     f0_train = _logits64(model, x_train)
+    dev = f0_train.device
+    y_dev = y_train.to(dev).long()
+    targets = one_hot(y_dev, k)  # (n, k) on the device
     if f0_train.shape[1] != k:
-        raise invalid("k", "sample_information", f"the model's output width {f0_train.shape[1]}", k)
-    r0 = f0_train.reshape(-1) - targets
+        raise invalid("k", caller, f"the model's output width {f0_train.shape[1]}", k)
+    r0 = f0_train.reshape(-1) - targets.reshape(-1)
     info: dict[str, Any] = {
         "n": n,
         "k": k,
@@ -517,48 +958,65 @@ def sample_information(
         "sigma": sigma,
         "units": "nats",
     }
-    need_dw = "predictions" in measures or "weights_full" in measures or y_eval is not None
+    want_full = "weights_full" in measures
+    want_full_lin = "weights_full_linearized" in measures
+    need_dw = "predictions" in measures or want_full or want_full_lin or y_eval is not None or delta_f
     dw_cols: Tensor | None = None  # (p or d, n+1): columns −Δw_i ... and the full run's w_t − w₀
     features_eval: Tensor | None = None
     sq_weights: Tensor
     sq_pred: Tensor | None = None
     full_scores: Tensor | None = None
+    full_lin_scores: Tensor | None = None
+    delta_f_out: Tensor | None = None
 
     if method == "exact":
         jac = per_sample_jacobians(model, x_train, batch_size=batch_size, should_stop=should_stop)
         stage_progress(0)(n, n)
-        jac = jac.to(torch.float64).reshape(big_n, p).cpu()
+        jac = jac.to(torch.float64).reshape(big_n, p)
         theta = jac @ jac.T
         timings["jacobians_and_kernel_s"] = _time.perf_counter() - tic
         tic = _time.perf_counter()
         lam = _resolve_lambda(l2, l2_auto_scale, float(torch.trace(theta)), n, k)
         l2_eff = lam / n
         _, lam_loo = loo_sum_form(n, lr, l2_eff, loo_lambda)  # type: ignore[arg-type]
+        r0 = r0.to(theta.device)
         if t is None:
             res = loo_infinite(theta, r0, k=k, lam=lam)
         else:
+            route = choose_finite_t_route(n, k, t, time)
+            info["finite_t_route"] = route
             res = loo_finite(
                 theta, r0, k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
-                time=time,  # type: ignore[arg-type]
-                progress=stage_progress(n), should_stop=should_stop,
+                time=time, route=route,  # type: ignore[arg-type]
+                progress=loo_progress, should_stop=should_stop,
             )  # fmt: skip
-        stage_progress(n)(n if t is not None else 1, 1)
+        stage_progress(n)(n, n)
         timings["loo_s"] = _time.perf_counter() - tic
         sq_weights = res.sq_weight_change
-        train_logits = (f0_train.reshape(-1) - theta @ res.u).reshape(n, k)
+        train_logits = (f0_train.reshape(-1).to(theta.device) - theta @ res.u).reshape(n, k)
         info.update(jitter=res.jitter, jitter_eps=res.jitter_eps, eig_min=res.eig_min, eig_max=res.eig_max)
         del theta
         if need_dw:
             tic = _time.perf_counter()
             dw_cols = jac.T @ torch.cat([res.delta, res.u.reshape(-1, 1)], dim=1)  # (p, n+1)
             timings["weight_changes_s"] = _time.perf_counter() - tic
-        if "weights_full" in measures:
+        if want_full or want_full_lin:
             assert dw_cols is not None
             tic = _time.perf_counter()
-            resid = train_logits.reshape(-1) - targets  # f_t(X) − Y
-            grads = torch.einsum("ikp,ik->ip", jac.reshape(n, k, p), resid.reshape(n, k))
-            hess = jac.T @ jac + (lam + res.jitter) * torch.eye(p, dtype=torch.float64)
-            full_scores = weights_full_scores(hess, grads, dw_cols[:, :n].T)
+            hess = jac.T @ jac + (lam + res.jitter) * torch.eye(p, dtype=torch.float64, device=jac.device)
+            dw = dw_cols[:, :n].T
+            if want_full_lin:
+                resid = (train_logits - targets.to(train_logits.device)).reshape(n, k)  # f_t(X) − Y
+                grads = torch.einsum("ikp,ik->ip", jac.reshape(n, k, p), resid)
+                full_lin_scores = weights_full_scores(hess, grads, dw, rel_jitter=weights_full_jitter)
+            if want_full:
+                w_t = flat_parameters(model).to(torch.float64).to(jac.device) - dw_cols[:, n]
+                grads = torch.cat(
+                    [g.to(torch.float64) for _, g in per_sample_loss_gradients(
+                        model, w_t, x_train, targets, batch_size=batch_size, should_stop=should_stop
+                    )]
+                ).to(jac.device)  # fmt: skip
+                full_scores = weights_full_scores(hess, grads, dw, rel_jitter=weights_full_jitter)
             timings["weights_full_s"] = _time.perf_counter() - tic
         del jac
         info["d"] = None
@@ -574,6 +1032,7 @@ def sample_information(
             should_stop=should_stop,
         ).reshape(big_n, d)
         timings["projected_features_s"] = _time.perf_counter() - tic
+        pdev = phi.device
         if x_eval is not None and n_eval_units:
             tic = _time.perf_counter()
             features_eval = projected_features(
@@ -585,76 +1044,197 @@ def sample_information(
         lam = _resolve_lambda(l2, l2_auto_scale, trace, n, k)
         l2_eff = lam / n
         _, lam_loo = loo_sum_form(n, lr, l2_eff, loo_lambda)  # type: ignore[arg-type]
-        pres = loo_primal(
-            phi, r0, k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
-            time=time,  # type: ignore[arg-type]
-            phi_eval=features_eval if "predictions" in measures else None,
-            keep_dv="weights_full" in measures, progress=stage_progress(n), should_stop=should_stop,
-        )  # fmt: skip
+        primal_route = None if t is None else choose_projected_finite_t_route(n, k, d, t, time)
+        if t is not None and primal_route == "recurrence":  # one eigh for all samples, not one per sample
+            info["finite_t_route"] = "recurrence"
+            pres = loo_primal_finite(
+                phi, r0.to(pdev), k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
+                phi_eval=features_eval if "predictions" in measures else None,
+                keep_dv=want_full or want_full_lin or delta_f, progress=loo_progress, should_stop=should_stop,
+            )  # fmt: skip
+        else:
+            if t is not None:
+                info["finite_t_route"] = "eigh"
+            pres = loo_primal(
+                phi, r0.to(pdev), k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
+                time=time,  # type: ignore[arg-type]
+                phi_eval=features_eval if "predictions" in measures else None,
+                keep_dv=want_full or want_full_lin or delta_f, progress=stage_progress(n), should_stop=should_stop,
+            )  # fmt: skip
         timings["loo_s"] = _time.perf_counter() - tic
         sq_weights = pres.sq_weight_change
         sq_pred = pres.sq_prediction_change
-        train_logits = torch.empty((n, k), dtype=torch.float64)
+        train_logits = torch.empty((n, k), dtype=torch.float64, device=pdev)
         for lo in range(0, big_n, 65536):
             train_logits.view(-1)[lo : lo + 65536] = phi[lo : lo + 65536].double() @ pres.v
-        train_logits += f0_train
+        train_logits += f0_train.to(pdev)
         info.update(
             jitter=pres.jitter, jitter_eps=pres.jitter_eps, eig_min=pres.eig_min, eig_max=pres.eig_max
         )
-        if "weights_full" in measures:
+        if want_full or want_full_lin:
             assert pres.dv is not None
-            resid = (train_logits - one_hot(y_cpu, k)).reshape(n, k)
-            grads = torch.einsum("ikd,ik->id", phi.reshape(n, k, d).double(), resid)
-            gram = torch.zeros((d, d), dtype=torch.float64)
+            tic = _time.perf_counter()
+            gram = torch.zeros((d, d), dtype=torch.float64, device=pdev)
             for lo in range(0, big_n, 65536):
                 blk = phi[lo : lo + 65536].double()
                 gram += blk.T @ blk
-            hess = gram + (lam + pres.jitter) * torch.eye(d, dtype=torch.float64)
-            full_scores = weights_full_scores(hess, grads, pres.dv)
+            hess = gram + (lam + pres.jitter) * torch.eye(d, dtype=torch.float64, device=pdev)
+            if want_full_lin:
+                resid = (train_logits - targets.to(pdev)).reshape(n, k)
+                grads = torch.einsum("ikd,ik->id", phi.reshape(n, k, d).double(), resid)
+                full_lin_scores = weights_full_scores(hess, grads, pres.dv, rel_jitter=weights_full_jitter)
+            if want_full:
+                # The network restricted to w₀ + R v: its v-gradients are Rᵀ∇_w at w_t = w₀ + R v.
+                w0 = flat_parameters(model).to(torch.float64)
+                w_t = w0 + _lift(projector, pres.v.to(w0.device))
+                grads = torch.empty((n, d), dtype=torch.float64, device=pdev)
+                for start, g in per_sample_loss_gradients(
+                    model, w_t, x_train, targets.to(w0.device), batch_size=batch_size, should_stop=should_stop
+                ):
+                    grads[start : start + g.shape[0]] = (
+                        projector.project(g.unsqueeze(1)).reshape(-1, d).to(device=pdev, dtype=torch.float64)
+                    )
+                full_scores = weights_full_scores(hess, grads, pres.dv, rel_jitter=weights_full_jitter)
+            timings["weights_full_s"] = _time.perf_counter() - tic
         info["d"] = d
         info["projection"] = projection
         del phi
 
     info.update(l2=l2_eff, lam=lam, lam_loo=lam_loo, l2_auto=l2 is None, l2_auto_scale=l2_auto_scale)
+    if want_full or want_full_lin:
+        info["weights_full_jitter"] = weights_full_jitter
+        info["weights_full_space"] = "weights" if method == "exact" else "projection"
     info["cond_A"] = info["eig_max"] / info["eig_min"] if info["eig_min"] > 0 else math.inf
-    train_accuracy = _accuracy(train_logits, y_cpu)
+    train_accuracy = _accuracy(train_logits, y_dev)
     test_accuracy = math.nan
 
     if x_eval is not None and n_eval_units:
         tic = _time.perf_counter()
         f0_eval = _logits64(model, x_eval)
-        report = stage_progress(n + (n if t is not None else 1))
+        report = stage_progress(n + n)
+        if delta_f:
+            delta_f_out = torch.empty((n, m, k), dtype=torch.float32, device=f0_eval.device)
         if method == "exact":
             assert dw_cols is not None
-            sq_f = torch.zeros(n, dtype=torch.float64)
-            eval_logits = f0_eval.clone()
+            sq_f = torch.zeros(n, dtype=torch.float64, device=dw_cols.device)
+            eval_logits = f0_eval.clone().to(dw_cols.device)
             for start, chunk in jacobian_chunks(
                 model, x_eval, batch_size=batch_size, should_stop=should_stop
             ):
                 b = chunk.shape[0]
-                out = chunk.to(torch.float64).reshape(b * k, p).cpu() @ dw_cols  # (bk, n+1)
+                out = chunk.to(torch.float64).reshape(b * k, p) @ dw_cols  # (bk, n+1)
                 sq_f += (out[:, :n] ** 2).sum(0)
                 eval_logits[start : start + b] -= out[:, n].reshape(b, k)
+                if delta_f_out is not None:  # Δf_i(x') = J(x')Δw_i = −J(x')·(column i)
+                    delta_f_out[:, start : start + b] = (-out[:, :n].T).reshape(n, b, k).to(delta_f_out)
                 report(min(start + b, m), m)
             if "predictions" in measures:
                 sq_pred = sq_f
         else:
             assert features_eval is not None
-            eval_logits = f0_eval + (features_eval.double() @ pres.v).reshape(m, k)
+            fe = features_eval.double()
+            eval_logits = f0_eval.to(fe.device) + (fe @ pres.v).reshape(m, k)
+            if delta_f_out is not None:
+                assert pres.dv is not None
+                for lo in range(0, n, 256):
+                    blk = pres.dv[lo : lo + 256] @ fe.T  # (b, m k): Φ(X')Δv_i
+                    delta_f_out[lo : lo + blk.shape[0]] = blk.reshape(-1, m, k).to(delta_f_out)
             report(m, m)
         test_accuracy = _accuracy(eval_logits, y_eval)
         timings["eval_s"] = _time.perf_counter() - tic
 
     scale = 1.0 / (2.0 * sigma**2)
     info["timings"] = timings
+
+    def host(x: Tensor | None, factor: float = 1.0) -> np.ndarray | None:
+        return None if x is None else (x * factor).cpu().numpy()
+
     return SampleInformation(
-        si_weights=(sq_weights * scale).numpy() if "weights" in measures else None,
-        si_predictions=(sq_pred * scale).numpy() if sq_pred is not None else None,
-        si_weights_full=full_scores.numpy() if full_scores is not None else None,
+        si_weights=host(sq_weights, scale) if "weights" in measures else None,
+        si_predictions=host(sq_pred, scale),
+        si_weights_full=host(full_scores),
         train_accuracy=train_accuracy,
         test_accuracy=test_accuracy,
         info=info,
+        si_weights_full_linearized=host(full_lin_scores),
+        delta_f=None if delta_f_out is None else delta_f_out.cpu().numpy(),
     )
+
+
+LINEARIZE_AT: tuple[str, ...] = ("init", "trained", "checkpoint")
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load safetensors weights into ``model`` in place, after checking that the file holds
+    exactly the model's state (same names, same shapes, floating point where the model is):
+    a checkpoint of another spec, dataset shape or class count is refused naming
+    ``linearize_at``. safetensors only: no pickle. Returns {"checkpoint_tensors", ...}."""
+    from safetensors import SafetensorError, safe_open
+
+    caller = "sample_information"
+    expected = model.state_dict()
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            names = set(fh.keys())
+            missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+            if missing or extra:
+                raise invalid(
+                    "linearize_at", caller, f"a checkpoint of this model's tensors {sorted(expected)[:6]}...",
+                    f"missing {missing[:4]}, unexpected {extra[:4]}",
+                )  # fmt: skip
+            state = {}
+            for name in sorted(names):
+                tensor = fh.get_tensor(name)
+                want = expected[name]
+                if tuple(tensor.shape) != tuple(want.shape):
+                    raise invalid(
+                        "linearize_at", caller,
+                        f"tensor {name!r} of shape {tuple(want.shape)} (same model spec, input shape and classes)",
+                        tuple(tensor.shape),
+                    )  # fmt: skip
+                if want.is_floating_point() != tensor.is_floating_point():
+                    raise invalid(
+                        "linearize_at", caller, f"tensor {name!r} of dtype {want.dtype}", tensor.dtype
+                    )
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise invalid("linearize_at", caller, f"finite values in tensor {name!r}", "NaN or inf")
+                state[name] = tensor.to(dtype=want.dtype)
+    except (SafetensorError, OSError) as err:  # not a safetensors file, truncated, unreadable
+        raise invalid(
+            "linearize_at", caller, "a readable safetensors checkpoint", f"{type(err).__name__}: {err}"
+        ) from err
+    model.load_state_dict(state)
+    return {"checkpoint_tensors": len(state)}
+
+
+def train_linearization_point(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    optimizer: str = "adam",
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> dict[str, Any]:
+    """``linearize_at="trained"``: train ``model`` in place with the project's training recipe
+    (:func:`infoscore.training.train_classifier`: mini-batch cross-entropy, batch order drawn
+    from ``seed``) for ``epochs`` on (x, y), so SI is then computed for the remaining,
+    linearized dynamics from there. Returns the run's final train loss and accuracy."""
+    from .training import train_classifier
+
+    result = train_classifier(
+        model, x, y.to(x.device).long(), epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        seed=seed, progress=progress, should_stop=should_stop,
+    )  # fmt: skip
+    return {
+        "train_epochs": epochs,
+        "trained_loss": result.train_loss[-1] if result.train_loss else math.nan,
+        "trained_accuracy": result.train_accuracy[-1] if result.train_accuracy else math.nan,
+    }
 
 
 def _resolve_lambda(l2: float | None, scale: float, trace: float, n: int, k: int) -> float:

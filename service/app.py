@@ -36,6 +36,7 @@ from store.settings import ServiceSettings
 
 from . import metrics
 from .auth import Caller, KeyResolver, RateLimiter, authenticate
+from .checkpoints import check_checkpoint_ref
 from .errors import BodyLimitMiddleware, ProblemError, install_handlers, problem_response
 from .suggest import closest_name
 from .supervisor import is_loopback
@@ -290,6 +291,23 @@ def _check_limits(gw: Gateway, est: Estimate) -> None:
             "a smaller model, or the 'projected' method.",
             type_="too-much-memory",
             limit=limit_m,
+            estimate=est.as_dict(),
+        )
+    # Kind-specific refusals and compute time (e.g. sample-information's finite-t LOO, delta_f size).
+    for refusal in est.problems:
+        raise ProblemError(
+            422, refusal["detail"], type_=refusal["type"], field=refusal["field"], limit=refusal["limit"],
+            estimate=est.as_dict(),
+        )  # fmt: skip
+    seconds = sum(est.compute_seconds.values())
+    if seconds > gw.settings.job_time_limit:
+        raise ProblemError(
+            422,
+            f"The job would compute for about {seconds:.0f} s ({', '.join(est.compute_seconds)}), over the "
+            f"time limit of {gw.settings.job_time_limit} s (INFOSCORE_JOB_TIME_LIMIT); use t = null, fewer "
+            "samples, or a worker with a GPU (device 'cuda').",
+            type_="too-slow",
+            limit=gw.settings.job_time_limit,
             estimate=est.as_dict(),
         )
 
@@ -697,6 +715,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         est, checks = _estimate_and_checks(gw, job, tenant)
         _raise_checks(checks)
         _check_limits(gw, est)
+        check_checkpoint_ref(gw, job, tenant, est)
         try:
             row = gw.store.create_job(
                 kind=job.kind,
@@ -735,15 +754,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         """Dry run: validate the request and estimate its resources without running it."""
         est, checks = _estimate_and_checks(gw, job, tenant)
         out = est.as_dict()
-        out["problems"] = checks
+        out["problems"] = [*est.problems, *checks]
         out["limits"] = {
             "parameters": gw.settings.max_parameters,
             "memory_bytes": gw.settings.max_job_memory_bytes,
         }
+        out["limits"]["seconds"] = gw.settings.job_time_limit
         out["fits"] = (
             not checks
             and est.parameters <= gw.settings.max_parameters
             and est.memory_bytes <= gw.settings.max_job_memory_bytes
+            and not est.problems
+            and sum(est.compute_seconds.values()) <= gw.settings.job_time_limit
         )
         return out
 

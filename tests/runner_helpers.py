@@ -25,6 +25,7 @@ def make_context(request: dict[str, Any], workdir: Path, *, data_dir: Path | Non
         progress=lambda done, total: progress_log.append((done, total)),
         should_stop=lambda: False,
         workdir=workdir,
+        data_dir=data_dir or workdir,
     )
     ctx.progress_log = progress_log  # type: ignore[attr-defined]
     return ctx

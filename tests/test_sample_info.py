@@ -142,9 +142,10 @@ def test_lyapunov_solution_and_full_scores() -> None:
     sigma = lyapunov_covariance(h, c)
     torch.testing.assert_close(h @ sigma + sigma @ h, c, rtol=1e-10, atol=1e-12)
     dw = torch.randn(5, 8, generator=gen, dtype=torch.float64)
-    scores = weights_full_scores(h, g, dw)
+    scores = weights_full_scores(h, g, dw, rel_jitter=1e-6)
+    jitter = 1e-6 * float(torch.trace(sigma)) / 8  # relative to Σ's mean eigenvalue
     expected = torch.einsum(
-        "ip,pq,iq->i", dw, torch.linalg.inv(sigma + 1e-10 * torch.eye(8, dtype=torch.float64)), dw
+        "ip,pq,iq->i", dw, torch.linalg.inv(sigma + jitter * torch.eye(8, dtype=torch.float64)), dw
     )
     torch.testing.assert_close(scores, expected, rtol=1e-7, atol=0)
 

@@ -122,6 +122,7 @@ class Executor:
             progress=Throttled(lambda d, t: self.store.set_progress(job_id, d, t)),
             should_stop=(hb.cancelled.is_set if hb is not None else (lambda: False)),
             workdir=workdir,
+            data_dir=self.settings.data_dir,
         )
 
     # ---------------------------------------------------------------- run_job

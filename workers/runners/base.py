@@ -43,6 +43,7 @@ class JobContext:
     progress: Callable[[int, int], None]
     should_stop: Callable[[], bool]
     workdir: Path  # scratch space for files the runner returns in JobOutput.files
+    data_dir: Path | None = None  # the artifact store's root (read-only use: earlier jobs' artifacts)
 
     @property
     def params(self) -> Any:

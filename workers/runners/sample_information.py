@@ -1,15 +1,17 @@
 """Runner of the ``sample-information`` job: SI and F-SI of every training sample.
 
-Thin: builds the seeded model (at init, w₀), picks the held-out inputs, calls
-:func:`infoscore.sample_info.sample_information` and, when asked, checks it against real
-retraining (:mod:`infoscore.ground_truth`). Defaults and conventions are documented in
-docs/jobs/sample-information.md.
+Thin: builds the seeded model, moves it to its linearization point w₀ (``linearize_at``:
+init, after the training recipe, or a checkpoint artifact of an earlier job), picks the
+held-out inputs, calls :func:`infoscore.sample_info.sample_information` and, when asked,
+checks it against real retraining from the same w₀ (:mod:`infoscore.ground_truth`).
+Defaults and conventions are documented in docs/jobs/sample-information.md.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +21,9 @@ import torch
 from infoscore import ground_truth as gt
 from infoscore.errors import invalid
 from infoscore.models import build_model
-from infoscore.sample_info import sample_information
+from infoscore.sample_info import load_checkpoint, sample_information, train_linearization_point
 from infoscore.training import as_tensor
+from store.artifacts import ArtifactStore
 
 from .base import JobContext, JobOutput, Runner
 
@@ -60,26 +63,51 @@ class SampleInformationRunner(Runner):
             measures.insert(0, "weights")
         model = build_model(ctx.model_spec, ds.input_shape, k, seed=ctx.seed).to(ctx.device)
         x = as_tensor(ds.x_train, ctx.device)
-        y = torch.as_tensor(ds.y_train, dtype=torch.long)
+        y = torch.as_tensor(ds.y_train, dtype=torch.long, device=ctx.device)
         x_eval = y_eval = None
         if ds.n_test > 0:
             m = min(int(params.eval_size), ds.n_test)
             rows = np.sort(np.random.default_rng(ctx.seed).choice(ds.n_test, size=m, replace=False))
             x_eval = as_tensor(ds.x_test[rows], ctx.device)
-            y_eval = torch.as_tensor(ds.y_test[rows], dtype=torch.long)
-        elif "predictions" in measures:
+            y_eval = torch.as_tensor(ds.y_test[rows], dtype=torch.long, device=ctx.device)
+        elif "predictions" in measures or params.delta_f:
             raise invalid(
                 "measures",
                 "sample-information",
-                "without 'predictions' when the dataset has no test split",
+                "without 'predictions' or delta_f when the dataset has no test split",
                 measures,
             )
         gt_units = 0 if params.ground_truth is None else min(params.ground_truth.subset, n) + 1
+        pre_units = params.train_epochs if params.linearize_at == "trained" else 0
         si_total: list[int] = [1]
 
         def si_progress(done: int, total: int) -> None:
             si_total[0] = total
-            ctx.progress(done, total + gt_units)
+            ctx.progress(pre_units + done, pre_units + total + gt_units)
+
+        point: dict[str, Any] = {"linearize_at": params.linearize_at}
+        tic = time.perf_counter()
+        if params.linearize_at == "trained":
+            trained = train_linearization_point(
+                model, x, y, epochs=params.train_epochs, lr=params.train_lr,
+                batch_size=params.train_batch_size, optimizer=params.train_optimizer, seed=ctx.seed,
+                progress=lambda done, _total: ctx.progress(done, pre_units + n + gt_units),
+                should_stop=ctx.should_stop,
+            )  # fmt: skip
+            point.update(trained)
+        elif params.linearize_at != "init":
+            ref = params.linearize_at
+            if ctx.data_dir is None:
+                raise invalid("linearize_at", "sample-information", "a worker with an artifact store", None)
+            path = ArtifactStore(ctx.data_dir).artifact_path(ref.job, ref.artifact)
+            if not path.is_file():
+                raise invalid(
+                    "linearize_at", "sample-information", "an existing artifact of a finished job",
+                    f"{ref.job}/{ref.artifact}",
+                )  # fmt: skip
+            point.update(load_checkpoint(model, path))
+            point["linearize_at"] = {"job": ref.job, "artifact": ref.artifact}
+        linearize_s = time.perf_counter() - tic
 
         res = sample_information(
             model,
@@ -100,15 +128,17 @@ class SampleInformationRunner(Runner):
             time=params.time,
             loo_lambda=params.loo_lambda,
             seed=ctx.seed,
+            weights_full_jitter=params.weights_full_jitter,
+            delta_f=params.delta_f,
             progress=si_progress,
             should_stop=ctx.should_stop,
         )
         info = res.info
-        columns: dict[str, np.ndarray] = {}
-        for name in ("si_weights", "si_predictions", "si_weights_full"):
-            values = getattr(res, name)
-            if values is not None and (name != "si_weights" or "weights" in params.measures):
-                columns[name] = values
+        columns = {
+            name: values
+            for name, values in res.columns().items()
+            if name != "si_weights" or "weights" in params.measures
+        }
         for name in ("si_weights", "si_predictions"):
             if name in columns:
                 columns[f"rank_{name}"] = informative_rank(columns[name])
@@ -138,15 +168,35 @@ class SampleInformationRunner(Runner):
             "cond_A": info["cond_A"],
             "units": "nats",
             "timings": dict(info["timings"]),
+            **point,
         }
-        for name in ("si_weights", "si_predictions", "si_weights_full"):
-            if name in columns:
+        if linearize_s > 0.01:
+            summary["timings"]["linearization_point_s"] = linearize_s
+        for key in ("finite_t_route", "weights_full_jitter", "weights_full_space"):
+            if key in info:
+                summary[key] = info[key]
+        files: dict[str, bytes | Path] = {}
+        if res.delta_f is not None:
+            delta_path = ctx.workdir / "delta_f.npz"
+            np.savez(delta_path, delta_f=res.delta_f)
+            files["delta_f.npz"] = delta_path
+            summary["delta_f"] = {
+                "artifact": "delta_f.npz",
+                "array": "delta_f",
+                "shape": list(res.delta_f.shape),
+                "dtype": "float32",
+                "meaning": "f_w(x') - f_{w_-i}(x'): axis 0 training sample i (upload order), axis 1 the m "
+                "held-out inputs (eval_indices), axis 2 the k outputs",
+                "eval_indices": [int(r) for r in rows] if ds.n_test > 0 else [],
+            }
+        for name in columns:
+            if not name.startswith("rank_"):
                 summary[f"top{TOP}_{name}"] = [
                     int(i) for i in np.argsort(-columns[name], kind="stable")[:TOP]
                 ]
         if params.ground_truth is not None:
             tic = time.perf_counter()
-            offset = si_total[0]
+            offset = pre_units + si_total[0]
             indices = gt.choose_subset(n, params.ground_truth.subset, ctx.seed)
             kwargs: dict[str, Any] = {
                 "k": k,
@@ -169,7 +219,7 @@ class SampleInformationRunner(Runner):
             report["indices"] = [int(i) for i in indices]  # type: ignore[assignment]
             summary["ground_truth"] = report
             summary["timings"]["ground_truth_s"] = time.perf_counter() - tic
-        final = si_total[0] + gt_units
+        final = pre_units + si_total[0] + gt_units
         ctx.progress(final, final)
         summary["seconds"] = time.perf_counter() - started
-        return JobOutput(summary=_jsonable(summary), scores=pd.DataFrame(columns))
+        return JobOutput(summary=_jsonable(summary), scores=pd.DataFrame(columns), files=files)
