@@ -1799,7 +1799,7 @@ class ParsePool:
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 _POOLS: dict[tuple[int, int], ParsePool] = {}
@@ -1810,5 +1810,14 @@ def parse_pool(processes: int, memory_bytes: int) -> ParsePool:
     key = (processes, memory_bytes)
     pool = _POOLS.get(key)
     if pool is None:
+        if not _POOLS:
+            import atexit
+
+            atexit.register(_shutdown_pools)
         pool = _POOLS.setdefault(key, ParsePool(processes, memory_bytes))
     return pool
+
+
+def _shutdown_pools() -> None:
+    for pool in list(_POOLS.values()):
+        pool.shutdown()

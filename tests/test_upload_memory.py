@@ -5,6 +5,7 @@ and recovery, and the estimator's dataset part against the worker's measured pea
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -195,3 +196,213 @@ def test_stored_file_is_budgeted_size(warm_api: Api) -> None:
     expected = n * 4 * 4 + n * 8 + n * 8 * 4
     assert expected <= size < expected + 16 * 1024
     _check_rss(api, "fine CSV")
+
+
+# ---------------------------------------------------------------------------------------
+# The limits in the parser itself (in process, fast)
+
+
+def _limits(**kw: Any) -> Any:
+    from service.uploads import UploadLimits
+
+    return UploadLimits(**kw)
+
+
+def _parse(path: Path, limits: Any) -> Any:
+    from service.uploads import parse_upload
+
+    return parse_upload(path, path.name, limits)
+
+
+def _refused(path: Path, limits: Any, setting: str) -> str:
+    from service.uploads import UploadTooLarge
+
+    with pytest.raises(UploadTooLarge) as info:
+        _parse(path, limits)
+    assert setting in info.value.detail, info.value.detail
+    return str(info.value.detail)
+
+
+def test_id_length_cap_is_exact_in_every_format(tmp_path: Path) -> None:
+    n = 50
+    for width, ok in ((16, True), (17, False)):
+        ids = [f"{i:0{width}d}" for i in range(n)]
+        csv_path = tmp_path / f"w{width}.csv"
+        csv_path.write_bytes(_csv(n, ids))
+        df = {"id": ids, "label": [i % 2 for i in range(n)], "f0": np.linspace(0, 1, n)}
+        pq_path = tmp_path / f"w{width}.parquet"
+        pq.write_table(pa.table(df), pq_path)
+        npz_path = tmp_path / f"w{width}.npz"
+        np.savez(npz_path, x=np.ones((n, 2), np.float32), y=np.arange(n) % 2, ids=np.array(ids))
+        for path in (csv_path, pq_path, npz_path):
+            if ok:
+                ds = _parse(path, _limits(max_id_length=16))
+                assert ds.ids.dtype == np.dtype("<U16") and ds.ids.tolist() == ids
+            else:
+                detail = _refused(path, _limits(max_id_length=16), "INFOSCORE_MAX_ID_LENGTH")
+                assert "17 characters" in detail
+
+
+def test_long_text_labels_are_capped(tmp_path: Path) -> None:
+    n = 40
+    labels = ["a" * 300 if i % 2 else "b" for i in range(n)]
+    path = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"label": labels, "f0": np.linspace(0, 1, n)}), path)
+    _refused(path, _limits(), "INFOSCORE_MAX_ID_LENGTH")
+
+
+def test_csv_column_cap_from_the_header(tmp_path: Path) -> None:
+    from service.uploads import read_csv_header
+
+    plain = tmp_path / "plain.csv"
+    plain.write_text(
+        "label," + ",".join(f"f{j}" for j in range(10)) + "\n0" + ",1" * 10 + "\n1" + ",2" * 10 + "\n"
+    )
+    assert len(read_csv_header(plain, _limits(max_columns=11))) == 11
+    _refused(plain, _limits(max_columns=10), "INFOSCORE_MAX_COLUMNS")
+    quoted = tmp_path / "quoted.csv"  # quoted names: counted by the csv module, not by commas
+    quoted.write_text(
+        'label,"a,b",'
+        + ",".join(f'"f{j}"' for j in range(10))
+        + "\n0,1"
+        + ",1" * 10
+        + "\n1,2"
+        + ",2" * 10
+        + "\n"
+    )
+    assert read_csv_header(quoted, _limits(max_columns=12))[1] == "a,b"
+    _refused(quoted, _limits(max_columns=11), "INFOSCORE_MAX_COLUMNS")
+    endless = tmp_path / "endless.csv"  # a header line longer than 256 bytes per allowed column
+    endless.write_text("label," + "x" * 100_000 + "\n0,1\n1,2\n")
+    _refused(endless, _limits(max_columns=4), "INFOSCORE_MAX_COLUMNS")
+
+
+def test_dataset_budget_is_checked_before_loading(tmp_path: Path) -> None:
+    from service.uploads import dataset_nbytes
+
+    n, d = 1000, 50
+    need = dataset_nbytes(n, d)
+    assert need == n * (d * 4 + 8)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=np.ones((n, d)), y=np.arange(n) % 2)
+    assert _parse(npz, _limits(max_dataset_bytes=need)).x.shape == (n, d)
+    detail = _refused(npz, _limits(max_dataset_bytes=need - 1), "INFOSCORE_MAX_DATASET_BYTES")
+    assert str(need) in detail
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_bytes(_csv(n, None, features=d))
+    assert _parse(csv_path, _limits(max_dataset_bytes=need)).x.shape == (n, d)
+    _refused(csv_path, _limits(max_dataset_bytes=need - 1), "INFOSCORE_MAX_DATASET_BYTES")
+
+
+def _build_constant_parquet(path: Path, rows: int, cols: int) -> None:
+    const = pa.array(np.ones(rows))
+    pq.write_table(
+        pa.table({"label": pa.array(np.arange(rows) % 2), **{f"f{j}": const for j in range(cols)}}), path
+    )
+
+
+def test_parse_pool_memory_limit_and_recovery(tmp_path: Path) -> None:
+    import asyncio
+
+    from service.uploads import ParsePool, UploadOptions, UploadTooLarge
+
+    big = tmp_path / "big.parquet"  # 200 MB of float32 features once parsed
+    _build_constant_parquet(big, 100_000, 500)
+    small = tmp_path / "small.csv"
+    small.write_bytes(_csv(100, None))
+    limits = _limits(max_compression_ratio=1e9, max_dataset_bytes=1 << 40)
+    pool = ParsePool(1, 700 * MiB)
+    try:
+        with pytest.raises(UploadTooLarge) as info:
+            asyncio.run(pool.run(big, big.name, limits, UploadOptions(), tmp_path / "big.npz"))
+        assert "INFOSCORE_UPLOAD_PARSE_MEMORY_BYTES" in info.value.detail
+        assert not (tmp_path / "big.npz").exists()
+        out = asyncio.run(pool.run(small, small.name, limits, UploadOptions(), tmp_path / "small.npz"))
+        assert out["n_train"] == 100 and (tmp_path / "small.npz").exists()
+        # A parse process killed from outside: the pool is replaced and the upload retried.
+        for pid in list(pool._executor._processes):
+            os.kill(pid, 9)
+        time.sleep(0.5)
+        again = asyncio.run(pool.run(small, small.name, limits, UploadOptions(), tmp_path / "again.npz"))
+        assert again == out
+    finally:
+        pool.shutdown()
+
+
+# ---------------------------------------------------------------------------------------
+# The estimator's dataset part against the worker's measured peak
+
+_MEASURE = """
+import json, sys
+from pathlib import Path
+from contracts.common import BuiltinGaussians
+from workers.datasets import load_dataset
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+spec = json.loads(sys.argv[1])
+ref = spec if isinstance(spec, str) else BuiltinGaussians(**spec)
+open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+before = status("VmRSS")
+ds = load_dataset(ref, Path(sys.argv[2]))
+print(json.dumps({"peak": status("VmHWM") - before}))
+"""
+
+
+def _measured_peak(ref: Any, data_dir: Path) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, json.dumps(ref), str(data_dir)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return int(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
+
+
+def test_estimator_dataset_part_matches_measured_peaks(tmp_path: Path) -> None:
+    from contracts.estimate import Shape, builtin_shape, dataset_memory
+    from service.uploads import UploadOptions, parse_and_store
+
+    # An upload with 64-character ids, stored by the gateway's own code.
+    n, d = 40_000, 300
+    rng = np.random.default_rng(0)
+    ids = np.array([f"{i:064d}" for i in range(n)])
+    src = tmp_path / "u.npz"
+    np.savez(src, x=rng.normal(size=(n, d)).astype(np.float32), y=np.arange(n) % 3, ids=ids)
+    (tmp_path / "datasets").mkdir()
+    rec = parse_and_store(src, src.name, _limits(), UploadOptions(), tmp_path / "datasets" / "ds_up.npz")
+    assert rec["stored_bytes"] == n * d * 4 + n * 8 + n * 64 * 4
+    cases: list[tuple[Any, Shape]] = [
+        ("ds_up", Shape(n, 0, d, 3, [d], stored_bytes=rec["stored_bytes"])),
+    ]
+    for spec in (
+        {"builtin": "gaussians", "n": 20_000, "dim": 300},
+        {"builtin": "gaussians", "n": 20_000, "dim": 300, "n_test": 2000, "label_noise": 0.1},
+    ):
+        cases.append((spec, builtin_shape(spec)))
+    for ref, shape in cases:
+        mem = dataset_memory(ref, shape)
+        predicted = max(mem.load_peak, mem.resident)
+        measured = _measured_peak(ref, tmp_path)
+        print(f"{ref}: measured peak {measured / MiB:.1f} MiB, estimated {predicted / MiB:.1f} MiB")
+        # Upper-bound-minded, within 15% (page rounding and allocator slack are a few MiB).
+        assert 0.85 * predicted <= measured <= 1.10 * predicted + 4 * MiB
+
+
+def test_large_gaussians_refused_by_the_default_memory_limit() -> None:
+    from contracts.estimate import builtin_shape, estimate
+    from store.settings import ServiceSettings
+
+    spec = {"builtin": "gaussians", "n": 200_000, "dim": 10_000}
+    request = {"kind": "training-dynamics", "model": {"arch": "linear"}, "dataset": spec, "params": {}}
+    est = estimate(request, builtin_shape(spec))
+    limit = ServiceSettings.model_fields["max_job_memory_bytes"].default
+    assert limit == 16 * 1024**3
+    assert est.memory_bytes > limit
+    # about 45 GiB: two float64 splits of 14.9 GiB and a float32 copy of both
+    assert 44 * 1024**3 < est.memory_bytes < 47 * 1024**3
