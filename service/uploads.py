@@ -34,6 +34,7 @@ import csv
 import io
 import math
 import os
+import time
 import uuid
 import warnings
 import zipfile
@@ -558,7 +559,8 @@ def write_canonical_npz(ds: ParsedDataset, path: Path) -> None:
         arrays["x_test"] = np.ascontiguousarray(ds.x_test, dtype=np.float32)
         arrays["y_test"] = np.ascontiguousarray(ds.y_test, dtype=np.int64)
     if ds.ids is not None:
-        arrays["ids"] = np.asarray(ds.ids).astype(str)
+        ids = np.asarray(ds.ids)
+        arrays["ids"] = ids if ids.dtype.kind == "U" else ids.astype(str)
     if ds.y_true is not None:
         arrays["y_true"] = np.ascontiguousarray(ds.y_true, dtype=np.int64)
     if ds.class_names is not None:
@@ -1689,7 +1691,8 @@ def parse_and_store(
         raise UploadTooLarge(_out_of_memory_detail(_PROCESS_MEMORY_LIMIT)) from exc
     stored = sum(int(a.nbytes) for a in (ds.x, ds.y, ds.x_test, ds.y_test, ds.y_true) if a is not None)
     if ds.ids is not None:
-        stored += int(np.asarray(ds.ids).astype(str).nbytes)
+        ids = np.asarray(ds.ids)
+        stored += int((ids if ids.dtype.kind == "U" else ids.astype(str)).nbytes)
     return {
         "format": ds.format,
         "n_train": ds.n_train,
@@ -1725,6 +1728,17 @@ def _limit_process_memory(limit: int) -> None:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # A gateway killed with -9 cannot shut the pool down: leave with it.
+    import threading
+
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
 
 
 def _warm() -> int:
