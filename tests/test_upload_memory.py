@@ -198,6 +198,32 @@ def test_stored_file_is_budgeted_size(warm_api: Api) -> None:
     _check_rss(api, "fine CSV")
 
 
+def test_parse_processes_leave_with_a_killed_api(warm_api: Api) -> None:
+    # Last of the API tests: kill -9 cannot shut the pool down, so the parse processes must
+    # notice on their own (under `infoscore up` the supervisor then starts a fresh API).
+    pid = warm_api.proc.pid
+    children = [
+        int(c)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for c in (task / "children").read_text().split()
+    ]
+    parse = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert parse, f"no parse process among the API's children {children}"
+    warm_api.proc.kill()
+    warm_api.proc.wait()
+
+    def alive(c: int) -> bool:  # a zombie waiting for init to reap it has exited
+        try:
+            return Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(c) for c in parse) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(c) for c in parse), "a parse process outlived the API"
+
+
 # ---------------------------------------------------------------------------------------
 # The limits in the parser itself (in process, fast)
 
