@@ -26,6 +26,8 @@ class Shape:
     features: int
     n_classes: int
     input_shape: list[int]
+    stored_bytes: int | None = None
+    """uploads: bytes of the stored arrays (features, labels, fixed-width ids), from the record"""
 
 
 # Measured rates behind the time range (one torch thread, CPU seconds, so as on a quiet
@@ -217,6 +219,46 @@ def _training_bytes(p: int, shape: Shape, copies: int = 1) -> int:
     return copies * 4 * p * F32 + (shape.n_train + shape.n_test) * shape.features * F32
 
 
+@dataclass
+class DatasetMemory:
+    """What loading a job's dataset costs a worker process, in bytes."""
+
+    load_peak: int
+    """transient peak while the dataset is built or read (before the job allocates)"""
+    resident: int
+    """held for the whole job: the worker's dataset cache plus the job's copy"""
+
+
+def dataset_memory(ref: Any, shape: Shape) -> DatasetMemory:
+    """Bytes the worker allocates for the dataset (workers/datasets.py, infoscore/data.py).
+
+    ref: the request's ``dataset`` (an upload id or a built-in spec). One loaded copy C is
+    float32 features, int64 labels (and clean labels), a bool noise mask and the ids; the
+    worker caches one and hands the job another, so 2C stay resident. ``gaussians`` draws in
+    float64: each split is ``means[y] + normal(...)``, two float64 arrays at once (numpy adds
+    into the temporary), and both float64 splits are alive while their float32 copies are
+    made; with A, B the float64 sizes of the train and test features the build peaks at
+    max(2A, A + 2B, 1.5 (A + B)).
+    An upload is read whole (its stored size S, ids included) and then copied to float32
+    by ``from_arrays``: 2S at the peak. Measured against these in tests/test_upload_memory.py.
+    """
+    rows = shape.n_train + shape.n_test
+    labels = rows * 8 + shape.n_train * 8 + shape.n_train  # y, y_test; clean labels; noise mask
+    if isinstance(ref, dict) and ref.get("builtin") == "gaussians":
+        a = shape.n_train * shape.features * F64
+        b = shape.n_test * shape.features * F64
+        copy = (a + b) // 2 + labels
+        build = max(2 * a, a + 2 * b, a + b + (a + b) // 2) + labels
+        return DatasetMemory(load_peak=build, resident=2 * copy)
+    if isinstance(ref, dict):  # digits: built in float64 from scikit-learn's arrays
+        copy = rows * shape.features * F32 + labels
+        return DatasetMemory(load_peak=4 * copy, resident=2 * copy)
+    stored = shape.stored_bytes
+    if stored is None:  # a record from before stored sizes were kept: no ids counted
+        stored = rows * shape.features * F32 + rows * 8
+    return DatasetMemory(load_peak=2 * stored, resident=2 * stored)
+
+
 def estimate(request: dict[str, Any], shape: Shape) -> Estimate:
     """request: a validated job request as JSON (``model_dump(mode='json')``)."""
     kind = request["kind"]
@@ -256,6 +298,16 @@ def estimate(request: dict[str, Any], shape: Shape) -> Estimate:
             mem += m * k * p * F32 + 3 * (m * k) ** 2 * F64
         else:
             mem += m * k * p * F32 + 3 * m * m * F64
+    # The job's arrays above count one float32 copy of the data; the dataset's real cost
+    # (cache + copy, and the peak while it is built) replaces it.
+    data = dataset_memory(request.get("dataset"), shape)
+    job_part = mem - (shape.n_train + shape.n_test) * shape.features * F32
+    mem = max(data.load_peak, data.resident + job_part)
+    if data.resident > 1024**3:
+        notes.append(
+            f"dataset: {data.resident / 1024**3:.2f} GiB resident (worker cache + the job's copy), "
+            f"{data.load_peak / 1024**3:.2f} GiB while it is loaded"
+        )
     est = Estimate(
         parameters=p,
         memory_bytes=int(mem + RUNTIME_BYTES),

@@ -250,6 +250,7 @@ def _estimate_and_checks(gw: Gateway, job: Any, tenant: str) -> tuple[Estimate, 
             math.prod(record["input_shape"]),
             record["n_classes"],
             record["input_shape"],
+            stored_bytes=record.get("stored_bytes"),
         )
         facts = DatasetFacts(builtin=False, has_truth=bool(record.get("has_truth")))
     else:
@@ -551,8 +552,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             UploadLimits,
             UploadOptions,
             UploadTooLarge,
-            parse_upload,
-            write_canonical_npz,
+            parse_pool,
+            precheck,
         )
 
         def column_list(values: list[str] | None) -> tuple[str, ...] | None:
@@ -606,28 +607,35 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 response.status_code = 200
                 return DatasetRecord(**existing)
             _check_storage_quota(gw, tenant, size)
-            limits = UploadLimits(max_bytes=gw.settings.max_upload_bytes)
+            st = gw.settings
+            limits = UploadLimits(
+                max_bytes=st.max_upload_bytes,
+                max_id_length=st.max_id_length,
+                max_columns=st.max_columns,
+                max_dataset_bytes=st.max_dataset_bytes,
+                max_compression_ratio=st.max_expansion_ratio,
+            )
+            # Parsing runs in a small pool of memory-limited processes (at most
+            # upload_parse_processes at once), which also write the canonical file: the
+            # arrays never enter the gateway. The cheap header checks run here first.
             try:
-                parsed = await run_in_threadpool(parse_upload, tmp_path, file.filename, limits, options)
+                await run_in_threadpool(precheck, tmp_path, file.filename, limits)
+                parsed = await parse_pool(st.upload_parse_processes, st.upload_parse_memory_bytes).run(
+                    tmp_path, file.filename, limits, options, gw.artifacts.dataset_path(dataset_id)
+                )
             except UploadTooLarge as exc:
                 raise ProblemError(413, str(exc), type_="upload-too-large", field=exc.field) from exc
             except UploadError as exc:
                 raise ProblemError(422, str(exc), type_="invalid-upload", field=exc.field) from exc
             # The canonical file first, then the row: a crash in between leaves no row
             # pointing at a missing file.
-            await run_in_threadpool(write_canonical_npz, parsed, gw.artifacts.dataset_path(dataset_id))
             record = gw.store.add_dataset(
                 {
                     "id": dataset_id,
                     "sha256": sha,
-                    "format": parsed.format,
                     "filename": (file.filename or "")[:255] or None,
-                    "n_train": int(parsed.y.shape[0]),
-                    "n_test": int(0 if parsed.y_test is None else parsed.y_test.shape[0]),
-                    "n_classes": int(parsed.n_classes),
-                    "input_shape": [int(s) for s in parsed.input_shape],
                     "size_bytes": size,
-                    **parsed.describe(),
+                    **parsed,
                     "options": options.as_dict(),
                 },
                 tenant,

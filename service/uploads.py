@@ -31,8 +31,10 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import io
 import math
 import os
+import time
 import uuid
 import warnings
 import zipfile
@@ -94,11 +96,19 @@ class UploadError(Exception):
         self.detail = detail
         self.field = field
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in a parse process and re-raised in the gateway: keep ``field`` across pickling.
+        return (_rebuild_error, (type(self), self.detail, self.field))
+
 
 class UploadTooLarge(UploadError):
     """A size limit was hit (bytes, elements, rows, features, compression ratio): HTTP 413."""
 
     status_code = 413
+
+
+def _rebuild_error(cls: type[UploadError], detail: str, field: str) -> UploadError:
+    return cls(detail, field=field)
 
 
 # The name used in the design notes for the 413 family.
@@ -132,7 +142,97 @@ class UploadLimits:
     max_compression_ratio: float = 200.0
     """npz: uncompressed/compressed size per member, checked for members over 1 MiB. Dense
     data compresses far less; a block of zeros deflates about 1000:1. Very sparse arrays
-    can exceed it: the error then suggests an uncompressed numpy.savez."""
+    can exceed it: the error then suggests an uncompressed numpy.savez. Also the ratio of
+    the stored dataset (:func:`dataset_nbytes`) to the uploaded file, checked when the
+    dataset is over ``EXPANSION_FLOOR`` bytes (a constant Parquet column decodes ~1000:1)."""
+    max_id_length: int = 256
+    """Characters per id (and per text label): ids are stored fixed-width, so one long id
+    costs its length in every row."""
+    max_columns: int = 20_000
+    """Columns of a CSV or Parquet file (counted from the header line or the schema)."""
+    max_dataset_bytes: int = 1024 * _MiB
+    """The dataset as stored and as held in memory (:func:`dataset_nbytes`): float32
+    features, int64 labels, fixed-width ids; computed before any array is built."""
+
+
+# Setting (environment variable) behind each limit, named in every 413.
+LIMIT_SETTINGS = {
+    "max_bytes": "INFOSCORE_MAX_UPLOAD_BYTES",
+    "max_id_length": "INFOSCORE_MAX_ID_LENGTH",
+    "max_columns": "INFOSCORE_MAX_COLUMNS",
+    "max_dataset_bytes": "INFOSCORE_MAX_DATASET_BYTES",
+    "max_compression_ratio": "INFOSCORE_MAX_EXPANSION_RATIO",
+}
+# The stored/uploaded size ratio is only checked above this size: small files may expand freely.
+EXPANSION_FLOOR = 64 * _MiB
+# A CSV header line longer than this many bytes per allowed column is refused unread.
+_HEADER_BYTES_PER_COLUMN = 256
+
+
+def _limit(name: str, value: object) -> str:
+    """``"name = value (INFOSCORE_NAME)"`` for a 413 detail."""
+    env = LIMIT_SETTINGS.get(name)
+    return f"{name} = {value}" + (f" ({env})" if env else "")
+
+
+def dataset_nbytes(n_rows: int, features: int, *, id_chars: int = 0, has_truth: bool = False) -> int:
+    """Bytes of a canonical dataset of ``n_rows`` samples (train + test): float32 features,
+    int64 labels (and true labels), ids as fixed-width unicode of ``id_chars`` characters
+    (4 bytes each). What the gateway writes and what a worker holds per copy."""
+    per_row = features * 4 + 8 + (8 if has_truth else 0) + 4 * id_chars
+    return int(n_rows) * per_row
+
+
+def _check_budget(
+    n_rows: int,
+    features: int,
+    limits: UploadLimits,
+    file_size: int,
+    *,
+    id_chars: int = 0,
+    has_truth: bool = False,
+    what: str = "The dataset",
+) -> int:
+    """Refuse a dataset whose stored size is over max_dataset_bytes, or whose stored size is
+    an implausible multiple of the uploaded file; returns the size."""
+    need = dataset_nbytes(n_rows, features, id_chars=id_chars, has_truth=has_truth)
+    shape = f"{n_rows} rows x {features} features" + (f", ids of {id_chars} characters" if id_chars else "")
+    if need > limits.max_dataset_bytes:
+        raise UploadTooLarge(
+            f"{what} would take {need} bytes stored and in memory ({shape}: float32 features, int64 "
+            f"labels, fixed-width ids); the limit is {_limit('max_dataset_bytes', limits.max_dataset_bytes)} "
+            "bytes."
+        )
+    if need > EXPANSION_FLOOR and need > limits.max_compression_ratio * max(file_size, 1):
+        raise UploadTooLarge(
+            f"{what} would take {need} bytes stored ({shape}) from a {file_size}-byte upload, "
+            f"{need / max(file_size, 1):.0f}:1; the limit is "
+            f"{_limit('max_compression_ratio', f'{limits.max_compression_ratio:g}')}:1."
+        )
+    return need
+
+
+def _check_text_length(length: int, what: str, field: str, limits: UploadLimits, where: str = "") -> None:
+    if length > limits.max_id_length:
+        raise UploadTooLarge(
+            f"{what} holds a value of {length} characters{where}; the limit is "
+            f"{_limit('max_id_length', limits.max_id_length)} characters (ids and text labels are "
+            "stored fixed-width, so one long value costs its length in every row).",
+            field=field,
+        )
+
+
+def _max_text_length(values: np.ndarray) -> tuple[int, int]:
+    """(length of the longest str(value), its index) of an object or str array; no copy."""
+    if values.size == 0:
+        return 0, 0
+    if values.dtype.kind in "US":
+        width = values.dtype.itemsize // (4 if values.dtype.kind == "U" else 1)
+        lengths = np.char.str_len(values) if width > 0 else np.zeros(values.shape, dtype=np.int64)
+    else:
+        lengths = np.fromiter((len(str(v)) for v in values), dtype=np.int64, count=values.size)
+    i = int(np.argmax(lengths))
+    return int(lengths[i]), i
 
 
 @dataclass(frozen=True)
@@ -291,6 +391,20 @@ def _parse_file(
     return _parse_parquet(path, limits, options)
 
 
+def precheck(path: Path, filename: str | None, limits: UploadLimits) -> str:
+    """The checks cheap enough for the gateway itself (bounded reads, no parsing): file size,
+    format, and a CSV's column count from its header line. Returns the format."""
+    size = Path(path).stat().st_size
+    if size > limits.max_bytes:
+        raise UploadTooLarge(
+            f"The uploaded file is {size} bytes; the limit is {_limit('max_bytes', limits.max_bytes)} bytes."
+        )
+    fmt = detect_format(path, filename)
+    if fmt == "csv":
+        read_csv_header(path, limits)
+    return fmt
+
+
 def _settle_labels(ds: ParsedDataset, options: UploadOptions) -> None:
     """Map labels to 0..k-1 when asked; else refuse labels that leave a class empty."""
     if ds.class_names is not None:  # text labels: already mapped
@@ -445,7 +559,8 @@ def write_canonical_npz(ds: ParsedDataset, path: Path) -> None:
         arrays["x_test"] = np.ascontiguousarray(ds.x_test, dtype=np.float32)
         arrays["y_test"] = np.ascontiguousarray(ds.y_test, dtype=np.int64)
     if ds.ids is not None:
-        arrays["ids"] = np.asarray(ds.ids).astype(str)
+        ids = np.asarray(ds.ids)
+        arrays["ids"] = ids if ids.dtype.kind == "U" else ids.astype(str)
     if ds.y_true is not None:
         arrays["y_true"] = np.ascontiguousarray(ds.y_true, dtype=np.int64)
     if ds.class_names is not None:
@@ -844,6 +959,7 @@ def _check_npz_headers(h: dict[str, _NpyHeader], limits: UploadLimits) -> None:
             raise UploadError(
                 f"Array 'ids' must hold strings or integers; got dtype {ids.dtype}.", field="ids"
             )
+        _check_text_length(_npy_chars(ids.dtype), "Array 'ids'", "ids", limits, f" (dtype {ids.dtype})")
     if "y_true" in h:
         if h["y_true"].shape != (n,):
             raise UploadError(
@@ -861,6 +977,14 @@ def _check_npz_headers(h: dict[str, _NpyHeader], limits: UploadLimits) -> None:
             f"{h['class_names'].shape}.",
             field="class_names",
         )
+    if "class_names" in h:
+        _check_text_length(
+            _npy_chars(h["class_names"].dtype),
+            "Array 'class_names'",
+            "class_names",
+            limits,
+            f" (dtype {h['class_names'].dtype})",
+        )
     if "n_classes" in h and (h["n_classes"].shape not in ((), (1,)) or h["n_classes"].dtype.kind not in "iu"):
         raise UploadError(
             f"Array 'n_classes' must be one integer; got {h['n_classes'].dtype} of shape {h['n_classes'].shape}.",
@@ -874,9 +998,29 @@ def _check_npz_headers(h: dict[str, _NpyHeader], limits: UploadLimits) -> None:
         )
 
 
+def _npy_chars(dtype: np.dtype[Any]) -> int:
+    """Characters of one element as stored fixed-width (str of an integer: at most 20)."""
+    if dtype.kind == "U":
+        return dtype.itemsize // 4
+    if dtype.kind == "S":
+        return dtype.itemsize
+    return 20
+
+
 def _parse_npz(path: Path, limits: UploadLimits) -> ParsedDataset:
     headers = _inspect_npz(path, limits)
     _check_npz_headers(headers, limits)
+    x_shape = headers["x"].shape
+    rows = x_shape[0] + (headers["x_test"].shape[0] if "x_test" in headers else 0)
+    _check_budget(
+        rows,
+        math.prod(x_shape[1:]),
+        limits,
+        path.stat().st_size,
+        id_chars=_npy_chars(headers["ids"].dtype) if "ids" in headers else 0,
+        has_truth="y_true" in headers,
+        what="The npz",
+    )
     arrays: dict[str, np.ndarray] = {}
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -1111,6 +1255,10 @@ def _text_labels(
                 f"Column {name!r} must hold a label in every row; got an empty cell at {loc(i)}.",
                 field=str(name),
             )
+    for name, values in ((roles.label, label), (roles.truth, truth)):
+        if values is not None:
+            longest, at = _max_text_length(values)
+            _check_text_length(longest, f"Column {name!r}", str(name), limits, f" at {loc(at)}")
     text = label.astype(str)
     classes = np.unique(text)
     if classes.size > limits.max_classes:
@@ -1153,6 +1301,7 @@ def _assemble_table(
     fmt: str,
     loc: Locator,
     limits: UploadLimits,
+    file_size: int = 0,
 ) -> ParsedDataset:
     """Build the dataset from per-column numpy arrays (``columns(name)``); names rows via ``loc``."""
     if n_rows < 1:
@@ -1198,7 +1347,19 @@ def _assemble_table(
                     f"Column {roles.id!r} must hold string or integer ids; got fractions.", field=roles.id
                 )
             ids = ids.astype(np.int64)
-        ids = ids.astype(str)
+        # Length first, then the fixed-width copy: one long id would widen every row.
+        longest, at = _max_text_length(ids)
+        _check_text_length(longest, f"Column {roles.id!r}", roles.id, limits, f" at {loc(at)}")
+        _check_budget(
+            n_rows,
+            len(features),
+            limits,
+            file_size,
+            id_chars=longest,
+            has_truth=roles.truth is not None,
+            what=f"The {fmt} with its ids",
+        )
+        ids = ids.astype(f"U{max(longest, 1)}")
         _check_unique_ids(
             ids,
             f"Column {roles.id!r}",
@@ -1238,10 +1399,27 @@ def _csv_loc(i: int) -> str:
     return f"row {i} (line {i + 2} of the file)"
 
 
-def _parse_csv(path: Path, limits: UploadLimits, options: UploadOptions) -> ParsedDataset:
+def read_csv_header(path: Path, limits: UploadLimits) -> list[str]:
+    """The CSV's column names, read from a bounded prefix of the file: a header of more than
+    ``max_columns`` columns (or longer than 256 bytes per allowed column) is refused without
+    reading the rest. Cheap enough to run in the gateway before any parsing."""
+    cap = limits.max_columns * _HEADER_BYTES_PER_COLUMN + _SNIFF_BYTES
+    with open(path, "rb") as f:
+        head = f.read(cap + 1)
+    # Count separators in the prefix first: a million-column header is refused in microseconds.
+    first_line = head.split(b"\n", 1)[0]
+    if first_line.count(b",") + 1 > limits.max_columns and b'"' not in first_line:
+        raise UploadTooLarge(
+            f"The CSV header names {first_line.count(b',') + 1}"
+            f"{' or more' if len(first_line) >= cap else ''} columns; the limit is "
+            f"{_limit('max_columns', limits.max_columns)} columns. Upload wide data as an npz."
+        )
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            header = next(csv.reader(f), None)
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head[:cap], final=len(head) <= cap)
+        buf = io.StringIO(text, newline="")
+        header = next(csv.reader(buf), None)
+        # The header record must end inside the prefix unless the prefix is the whole file.
+        complete = len(head) <= cap or buf.tell() < len(text)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise UploadError(
             f"The CSV header row could not be read ({exc}); expected UTF-8 comma-separated text."
@@ -1250,12 +1428,45 @@ def _parse_csv(path: Path, limits: UploadLimits, options: UploadOptions) -> Pars
         raise UploadError(
             "The CSV has no header row; the first line must name the columns, including the label column."
         )
-    names = [h.strip() for h in header]
+    if len(header) > limits.max_columns or not complete:
+        raise UploadTooLarge(
+            f"The CSV header names {len(header)}{'' if complete else ' or more'} columns in its first "
+            f"{min(len(head), cap)} bytes; the limit is {_limit('max_columns', limits.max_columns)} "
+            f"columns of at most {_HEADER_BYTES_PER_COLUMN} bytes each. Upload wide data as an npz."
+        )
+    return [h.strip() for h in header]
+
+
+def _count_lines(path: Path) -> int:
+    """Newlines in the file, plus one for a last line without one: an upper bound on the rows
+    (a quoted newline inside a cell counts too). One streaming pass, 1 MiB at a time."""
+    lines = 0
+    last = b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(_MiB):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return lines + (last != b"\n")
+
+
+def _parse_csv(path: Path, limits: UploadLimits, options: UploadOptions) -> ParsedDataset:
+    names = read_csv_header(path, limits)
     if len(names) > limits.max_features + 4:
         raise UploadTooLarge(
             f"The CSV has {len(names)} columns; the limit is max_features = {limits.max_features} feature columns.",
         )
     roles = _check_columns(names, limits, "CSV", options)
+    # Budget from a first pass (line count) before pandas allocates anything: ids are
+    # checked and counted once their column is read, before their fixed-width copy is made.
+    rows_bound = max(_count_lines(path) - 1, 0)
+    _check_budget(
+        rows_bound,
+        len(roles.features),
+        limits,
+        path.stat().st_size,
+        has_truth=roles.truth is not None,
+        what=f"The CSV ({rows_bound} lines after the header)",
+    )
     # Never parse more rows than the limits allow: one past the cap proves the file exceeds it.
     by_elements = limits.max_elements // max(len(names), 1)
     row_cap = min(limits.max_rows, by_elements)
@@ -1307,7 +1518,7 @@ def _parse_csv(path: Path, limits: UploadLimits, options: UploadOptions) -> Pars
             )
         return series.to_numpy()
 
-    return _assemble_table(column, roles, len(df), "csv", _csv_loc, limits)
+    return _assemble_table(column, roles, len(df), "csv", _csv_loc, limits, path.stat().st_size)
 
 
 def _parquet_loc(i: int) -> str:
@@ -1322,6 +1533,11 @@ def _parse_parquet(path: Path, limits: UploadLimits, options: UploadOptions) -> 
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UploadError(f"The Parquet file could not be read ({exc}); it is corrupt or truncated.") from exc
     names = [n for n in schema.names if not (n.startswith("__index_level_") and n.endswith("__"))]
+    if len(names) > limits.max_columns:
+        raise UploadTooLarge(
+            f"The Parquet file has {len(names)} columns; the limit is "
+            f"{_limit('max_columns', limits.max_columns)} columns. Upload wide data as an npz."
+        )
     if len(names) > limits.max_features + 4:
         raise UploadTooLarge(
             f"The Parquet file has {len(names)} columns; the limit is max_features = {limits.max_features} "
@@ -1369,29 +1585,80 @@ def _parse_parquet(path: Path, limits: UploadLimits, options: UploadOptions) -> 
         if not ok:
             raise UploadError(f"Column {name!r} must hold {want}; got Parquet type {t}.", field=name)
 
+    # The declared sizes above can be tiny for constant columns (a run-length or dictionary
+    # page decodes to rows x width), so budget what the columns decode to: the stored dataset
+    # from rows x features, and read one column at a time (text columns as dictionaries, their
+    # values checked before any per-row copy) so that at most one decoded column is held
+    # beside the float32 features.
+    file_size = path.stat().st_size
+    _check_budget(
+        n_rows,
+        len(roles.features),
+        limits,
+        file_size,
+        has_truth=roles.truth is not None,
+        what=f"The Parquet file ({n_rows} rows)",
+    )
+
+    text_columns = [by_file[c] for c in sorted(roles.text) if is_text(schema.field(by_file[c]).type)]
     try:
-        table = pf.read(columns=[by_file[c] for c in used])
+        reader = pq.ParquetFile(path, read_dictionary=text_columns) if text_columns else pf
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise UploadError(f"The Parquet data could not be read ({exc}); it is corrupt or truncated.") from exc
-    if table.num_rows != n_rows:
-        raise UploadError(
-            f"The Parquet file declares {n_rows} rows but holds {table.num_rows}; it is corrupt."
-        )
+        raise UploadError(f"The Parquet file could not be read ({exc}); it is corrupt or truncated.") from exc
 
     def column(name: str) -> np.ndarray:
         try:
-            return _parquet_column(table.column(by_file[name]), name, roles)
-        except (pa.ArrowException, ValueError, UnicodeDecodeError) as exc:
+            text_role = name in roles.text
+            col = reader.read(columns=[by_file[name]], use_threads=False).column(0)
+            if col.length() != n_rows:
+                raise UploadError(
+                    f"The Parquet file declares {n_rows} rows but column {name!r} holds {col.length()}; "
+                    "it is corrupt.",
+                    field=name,
+                )
+            if text_role:
+                _check_parquet_text(col, name, limits)
+            return _parquet_column(col, name, roles)
+        except (pa.ArrowException, ValueError, UnicodeDecodeError, OSError) as exc:
             raise UploadError(
                 f"Column {name!r} could not be read ({exc}); the file is corrupt.", field=name
             ) from exc
 
-    return _assemble_table(column, roles, n_rows, "parquet", _parquet_loc, limits)
+    return _assemble_table(column, roles, n_rows, "parquet", _parquet_loc, limits, file_size)
+
+
+def _check_parquet_text(col: pa.ChunkedArray, name: str, limits: UploadLimits) -> None:
+    """Refuse text values longer than max_id_length from the (dictionary) values, before a
+    per-row copy is made."""
+    for chunk in col.chunks:
+        values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            continue
+        if len(values) == 0:
+            continue
+        lengths = pc.utf8_length(values)
+        longest = pc.max(lengths).as_py() or 0
+        _check_text_length(int(longest), f"Column {name!r}", name, limits)
+
+
+def _dictionary_to_objects(col: pa.ChunkedArray) -> np.ndarray:
+    """A dictionary-encoded text column as an object array whose rows share the dictionary's
+    str objects (no per-row string copies); nulls become None."""
+    parts = []
+    for chunk in col.chunks:
+        values = np.asarray(chunk.dictionary.to_numpy(zero_copy_only=False), dtype=object)
+        values = np.append(values, np.array([None], dtype=object))
+        indices = chunk.indices.fill_null(len(values) - 1).to_numpy(zero_copy_only=False)
+        parts.append(values[indices.astype(np.int64)])
+    return np.concatenate(parts) if parts else np.empty(0, dtype=object)
 
 
 def _parquet_column(col: pa.ChunkedArray, name: str, roles: _Roles) -> np.ndarray:
     if pa.types.is_dictionary(col.type):
-        col = col.cast(col.type.value_type)
+        value_type = col.type.value_type
+        if name in roles.text and (pa.types.is_string(value_type) or pa.types.is_large_string(value_type)):
+            return _dictionary_to_objects(col)
+        col = col.cast(value_type)
     text = (
         pa.types.is_string(col.type)
         or pa.types.is_large_string(col.type)
@@ -1404,3 +1671,167 @@ def _parquet_column(col: pa.ChunkedArray, name: str, roles: _Roles) -> np.ndarra
         what = "integer labels 0..k-1" if name in (roles.label, roles.truth) else "finite numbers"
         raise UploadError(f"Column {name!r} must hold {what}; got null at row {i}.", field=name)
     return np.asarray(col.to_numpy(zero_copy_only=False))
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing in a memory-limited process pool
+
+
+def parse_and_store(
+    path: Path, filename: str | None, limits: UploadLimits, options: UploadOptions, dest: Path
+) -> dict[str, Any]:
+    """Parse the upload at ``path`` and write its canonical npz to ``dest``; returns what the
+    dataset record needs (the arrays never leave this process). Runs in a parse process."""
+    try:
+        ds = parse_upload(path, filename, limits, options)
+        write_canonical_npz(ds, dest)
+    except (MemoryError, pa.ArrowMemoryError) as exc:
+        with contextlib.suppress(OSError):
+            Path(dest).unlink()
+        raise UploadTooLarge(_out_of_memory_detail(_PROCESS_MEMORY_LIMIT)) from exc
+    stored = sum(int(a.nbytes) for a in (ds.x, ds.y, ds.x_test, ds.y_test, ds.y_true) if a is not None)
+    if ds.ids is not None:
+        ids = np.asarray(ds.ids)
+        stored += int((ids if ids.dtype.kind == "U" else ids.astype(str)).nbytes)
+    return {
+        "format": ds.format,
+        "n_train": ds.n_train,
+        "n_test": ds.n_test,
+        "n_classes": int(ds.n_classes),
+        "input_shape": [int(s) for s in ds.input_shape],
+        "stored_bytes": stored,
+        **ds.describe(),
+    }
+
+
+_PROCESS_MEMORY_LIMIT: int | None = None
+
+
+def _out_of_memory_detail(limit: int | None) -> str:
+    shown = "its memory limit" if limit is None else f"its memory limit of {limit} bytes"
+    return (
+        f"Parsing the upload ran out of memory: the parse process hit {shown} "
+        "(INFOSCORE_UPLOAD_PARSE_MEMORY_BYTES). Upload a smaller file, or an npz of float32 "
+        "arrays (the cheapest to parse)."
+    )
+
+
+def _limit_process_memory(limit: int) -> None:
+    """Pool initializer: cap the parse process's address space, so that a parse that needs
+    more fails with MemoryError here instead of growing the gateway or the machine."""
+    import resource
+
+    global _PROCESS_MEMORY_LIMIT
+    _PROCESS_MEMORY_LIMIT = limit
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # A gateway killed with -9 cannot shut the pool down: leave with it.
+    import threading
+
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+
+
+def _warm() -> int:
+    return os.getpid()
+
+
+class ParsePool:
+    """At most ``processes`` uploads parse at once, each in a process whose address space is
+    capped at ``memory_bytes`` (RLIMIT_AS); more wait their turn. A parse that runs out of
+    memory answers 413; a process that dies (killed, crashed) breaks the pool, which is then
+    replaced, and the upload that was running is retried once on the new pool before it is
+    refused, so that uploads queued beside a bad one are not lost."""
+
+    def __init__(self, processes: int, memory_bytes: int) -> None:
+        import threading
+
+        self.processes = processes
+        self.memory_bytes = memory_bytes
+        self._lock = threading.Lock()
+        self._executor: Any = None
+
+    def _get(self) -> Any:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with self._lock:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self.processes,
+                    # spawn: the gateway is multi-threaded, and fork would copy its memory.
+                    mp_context=get_context("spawn"),
+                    initializer=_limit_process_memory,
+                    initargs=(self.memory_bytes,),
+                )
+            return self._executor
+
+    def _discard(self, executor: Any) -> None:
+        with self._lock:
+            if self._executor is executor:
+                self._executor = None
+        executor.shutdown(wait=False, cancel_futures=False)
+
+    async def run(
+        self, path: Path, filename: str | None, limits: UploadLimits, options: UploadOptions, dest: Path
+    ) -> dict[str, Any]:
+        import asyncio
+        from concurrent.futures.process import BrokenProcessPool
+
+        for attempt in range(2):
+            executor = self._get()
+            try:
+                future = executor.submit(parse_and_store, path, filename, limits, options, dest)
+                return await asyncio.wrap_future(future)  # type: ignore[no-any-return]
+            except BrokenProcessPool:
+                self._discard(executor)
+                if attempt == 1:
+                    with contextlib.suppress(OSError):
+                        Path(dest).unlink()
+                    raise UploadTooLarge(
+                        _out_of_memory_detail(self.memory_bytes)
+                        + " The parse process was killed twice on this upload."
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def warm(self) -> None:
+        """Start the processes now (a first upload would otherwise wait for their imports)."""
+        executor = self._get()
+        for future in [executor.submit(_warm) for _ in range(self.processes)]:
+            future.result()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+_POOLS: dict[tuple[int, int], ParsePool] = {}
+
+
+def parse_pool(processes: int, memory_bytes: int) -> ParsePool:
+    """The process's pool for these settings (shared by every app built in the process)."""
+    key = (processes, memory_bytes)
+    pool = _POOLS.get(key)
+    if pool is None:
+        if not _POOLS:
+            import atexit
+
+            atexit.register(_shutdown_pools)
+        pool = _POOLS.setdefault(key, ParsePool(processes, memory_bytes))
+    return pool
+
+
+def _shutdown_pools() -> None:
+    for pool in list(_POOLS.values()):
+        pool.shutdown()

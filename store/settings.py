@@ -69,6 +69,20 @@ class ServiceSettings(CommonSettings):
     max_stored_bytes: int = Field(
         default=50 * 1024**3, ge=1, description="bytes of uploaded datasets a tenant may keep stored"
     )
+    max_id_length: int = Field(
+        default=256, ge=1, description="characters per upload id or text label (stored fixed-width)"
+    )
+    max_columns: int = Field(default=20_000, ge=2, description="columns of an uploaded CSV or Parquet file")
+    max_dataset_bytes: int = Field(
+        default=1024**3, ge=1, description="an upload's size as stored and held in memory, from its header"
+    )
+    max_expansion_ratio: float = Field(
+        default=200.0, gt=1, description="stored / uploaded bytes (and npz member) ratio, above 64 MiB"
+    )
+    upload_parse_processes: int = Field(default=2, ge=1, description="uploads parsed at once")
+    upload_parse_memory_bytes: int = Field(
+        default=4 * 1024**3, ge=512 * 1024**2, description="address-space limit of each parse process"
+    )
     auth_failure_rate: float = Field(
         default=1.0, ge=0, description="invalid API keys per second per client address (0 = no limit)"
     )
