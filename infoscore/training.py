@@ -183,6 +183,24 @@ def train_classifier(
 _NOT_BATCHABLE = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 
 
+# Element-wise layers that act the same on (M, b, h) as on (b, h).
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.Identity)
+
+
+def _dense_layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The layers of a flat ``nn.Sequential`` of Flatten / Linear / element-wise layers, or
+    None. Such models run as batched matrix products (``baddbmm``), cheaper than ``vmap``."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    layers = list(model.named_children())
+    for _, layer in layers:
+        if isinstance(layer, nn.Flatten) and layer.start_dim == 1 and layer.end_dim == -1:
+            continue
+        if not isinstance(layer, (nn.Linear, *_ELEMENTWISE)):
+            return None
+    return layers
+
+
 def ensemble_supported(model: nn.Module) -> bool:
     """Whether ``model`` can train inside an :class:`Ensemble` (no batch norm, no dropout)."""
     return not any(isinstance(m, _NOT_BATCHABLE) for m in model.modules())
@@ -212,6 +230,7 @@ class Ensemble:
         # The skeleton only supplies the forward code; its own tensors are never used.
         self._skeleton = copy.deepcopy(models[0]).to("meta")
         self._skeleton.eval()
+        self._dense = _dense_layers(self._skeleton)
 
     def _call(
         self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor
@@ -222,10 +241,33 @@ class Ensemble:
 
     def logits(self, x: torch.Tensor, *, shared: bool = False) -> torch.Tensor:
         """x (M, b, ...) per model, or (b, ...) for every model with ``shared`` -> (M, b, k)."""
+        if self._dense is not None:
+            return self._dense_logits(x, shared=shared)
         from torch.func import vmap
 
         in_x = None if shared else 0
         return vmap(self._call, in_dims=(0, 0, in_x))(self.params, self.buffers, x)  # type: ignore[no-any-return]
+
+    def _dense_logits(self, x: torch.Tensor, *, shared: bool) -> torch.Tensor:
+        """The same forward pass as ``vmap`` of the model, as batched matrix products."""
+        assert self._dense is not None
+        h = x.reshape(x.shape[0], -1) if shared else x.reshape(x.shape[0], x.shape[1], -1)
+        for name, layer in self._dense:
+            if isinstance(layer, nn.Linear):
+                weight = self.params[f"{name}.weight"].transpose(1, 2)  # (M, in, out)
+                bias = self.params.get(f"{name}.bias")
+                if h.dim() == 2:  # shared input: (b, in) @ (M, in, out) -> (M, b, out)
+                    h = torch.matmul(h, weight)
+                    h = h if bias is None else h + bias[:, None, :]
+                elif bias is None:
+                    h = torch.bmm(h, weight)
+                else:
+                    h = torch.baddbmm(bias[:, None, :], h, weight)
+            elif not isinstance(layer, nn.Flatten):
+                h = layer(h)
+        if h.dim() == 2:  # a model without Linear layers on a shared input
+            h = h.expand(self.size, *h.shape)
+        return h
 
     @torch.no_grad()
     def predict_logits(
@@ -296,10 +338,14 @@ class Ensemble:
             order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(
                 self.device, non_blocking=True
             )
-            for idx in order.split(batch_size, dim=1):
-                logits = self.logits(x[models, idx])
+            # One gather per epoch; the mini-batches are then contiguous slices of it.
+            x_epoch, y_epoch = x[models, order], y[models, order]
+            for xb, yb in zip(
+                x_epoch.split(batch_size, dim=1), y_epoch.split(batch_size, dim=1), strict=True
+            ):
+                logits = self.logits(xb)
                 per_model = nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), y[models, idx].reshape(-1), reduction="none"
+                    logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none"
                 ).view(self.size, -1)
                 # Sum of the models' mean losses: each model's gradient is its own loss's.
                 loss = per_model.mean(1).sum()

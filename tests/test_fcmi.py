@@ -476,3 +476,32 @@ def test_make_supersample_passes_or_raises_invalid_input(pool: int, n: int, seed
         assert err.param == "n" and str(err).startswith("The 'n' parameter of make_supersample must be")
     else:
         assert pairs.shape == (n, 2) and len(np.unique(pairs)) == 2 * n and pairs.max() < pool
+
+
+def test_units_run_from_their_stored_params_without_replanning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fan-out writes each unit's params beside its cache key; run_unit uses them."""
+    from contracts.jobs import parse_job_request
+    from store.settings import WorkerSettings
+    from workers.execution import Executor
+
+    sent: list[list[str]] = []
+    settings = WorkerSettings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'jobs.db'}")
+    executor = Executor(settings, lambda name, args, queue: sent.append(args))
+    request = parse_job_request(
+        _request({"n": [10, 20], "k1": 1, "k2": 3, "epochs": 3, "batch_size": 8})
+    ).model_dump(mode="json")
+    job = executor.store.create_job(kind="fcmi-bound", request=request, fingerprint="fp-stored-params")
+    assert executor.run_job(job["id"]) == "fanned-out"
+    assert sorted(name for _, name in sent) == ["n10-s0", "n20-s0"]
+    stored = sorted((tmp_path / "cache" / "units").glob("*.json"))
+    assert len(stored) == 2 and {json.loads(p.read_text())["n"] for p in stored} == {10, 20}
+
+    def no_plan(self: FcmiRunner, ctx: Any) -> list[Any]:
+        raise AssertionError("run_unit planned the whole job again")
+
+    monkeypatch.setattr(FcmiRunner, "plan", no_plan)
+    assert [executor.run_unit(job_id, name) for job_id, name in sent] == ["unit-done", "succeeded"]
+    done = executor.store.get_job(job["id"])
+    assert done is not None and [r["n"] for r in done["summary"]["results"]] == [10, 20]
