@@ -271,7 +271,9 @@ class Executor:
             if not cached:
                 # The unit's own params beside its cache entry: run_unit reads them instead
                 # of planning the whole job again.
-                atomic_write_bytes(self._unit_params_path(key), json.dumps(unit.params, sort_keys=True).encode())
+                atomic_write_bytes(
+                    self._unit_params_path(key), json.dumps(unit.params, sort_keys=True).encode()
+                )
             rows.append((unit.name, key, cached))
         self.store.add_units(job_id, rows)
         state_units = self.store.units(job_id)
