@@ -154,7 +154,8 @@ class Supervisor:
         env["INFOSCORE_WORKER_CONCURRENCY"] = str(self.workers)
         # One machine runs everything here. The API and the broker idle between requests:
         # jobs get every core, and the worker runs at a lower CPU priority (WORKER_NICE), so
-        # the kernel hands the API a core the moment a request needs one (docs/deploy.md).
+        # the kernel hands the API a core the moment a request needs one
+        # (measured in docs/benchmarks/devices.md).
         cores = os.cpu_count() or 1
         env.setdefault("INFOSCORE_TORCH_THREADS", str(max(1, cores // self.workers)))
         env.setdefault("PYTHONUNBUFFERED", "1")
