@@ -18,7 +18,9 @@ def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int, cores: i
 
 
 def test_jobs_get_every_core(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert _env(monkeypatch, tmp_path, workers=1, cores=2)["INFOSCORE_TORCH_THREADS"] == "2"
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    env = _env(monkeypatch, tmp_path, workers=1, cores=2)
+    assert env["INFOSCORE_TORCH_THREADS"] == "2" and env["OMP_WAIT_POLICY"] == "PASSIVE"
     assert _env(monkeypatch, tmp_path, workers=2, cores=8)["INFOSCORE_TORCH_THREADS"] == "4"
     assert _env(monkeypatch, tmp_path, workers=4, cores=2)["INFOSCORE_TORCH_THREADS"] == "1"
     monkeypatch.setenv("INFOSCORE_TORCH_THREADS", "3")
