@@ -356,8 +356,9 @@ def train_units(
                     kept.append(trained.predict_logits(x_flat, shared=True).argmax(2))
 
             ensemble.train(
-                x_flat[pos],
-                y_flat[pos],
+                x_flat,
+                y_flat,
+                pos,
                 seeds=[int(s) for s in seeds],
                 epochs=epochs,
                 batch_size=batch_size,

@@ -48,6 +48,8 @@ def as_tensor(x: np.ndarray, device: torch.device, dtype: torch.dtype = torch.fl
 
 
 FUSED_OPTIMIZER = True
+# Ensemble.train gathers a whole epoch's per-model inputs at once up to this size.
+EPOCH_GATHER_BYTES = 64 * 2**20
 
 
 def make_optimizer(
@@ -291,6 +293,7 @@ class Ensemble:
         self,
         x: torch.Tensor,
         y: torch.Tensor,
+        rows: torch.Tensor,
         *,
         seeds: Sequence[int],
         epochs: int,
@@ -304,8 +307,11 @@ class Ensemble:
     ) -> None:
         """Train all M models at once with mini-batch cross-entropy.
 
-        x (M, n, ...) and y (M, n) on the ensemble's device: model i trains on x[i], y[i],
-        with batches in the order :func:`train_classifier` draws from ``seeds[i]``.
+        x (N, ...) and y (N,) a pool shared by the models, rows (M, n) int64 indices into
+        it, all on the ensemble's device: model i trains on x[rows[i]], y[rows[i]], with
+        batches in the order :func:`train_classifier` draws from ``seeds[i]``. The pool is
+        never copied per model: each epoch's (M, n, ...) inputs are gathered at once when
+        they fit in ``EPOCH_GATHER_BYTES``, else each mini-batch's.
         ``on_epoch(e, ensemble)`` runs once before training (e = 0) and after each epoch.
         Equals M :func:`train_classifier` calls with the same seeds within float tolerance.
         """
@@ -315,9 +321,12 @@ class Ensemble:
             raise invalid("batch_size", "Ensemble.train", "a positive integer", batch_size)
         if not lr > 0:
             raise invalid("lr", "Ensemble.train", "a float in (0, inf)", lr)
-        if len(seeds) != self.size or x.shape[0] != self.size or tuple(y.shape[:1]) != (self.size,):
+        if len(seeds) != self.size or rows.dim() != 2 or rows.shape[0] != self.size:
             raise invalid(
-                "seeds", "Ensemble.train", f"one seed and one data set per model ({self.size})", len(seeds)
+                "rows",
+                "Ensemble.train",
+                f"(M = {self.size}, n) indices and one seed per model",
+                tuple(rows.shape),
             )
         opt = make_optimizer(
             optimizer,
@@ -328,8 +337,9 @@ class Ensemble:
             fused=FUSED_OPTIMIZER,
         )
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        n = x.shape[1]
+        n = rows.shape[1]
         models = torch.arange(self.size, device=self.device)[:, None]
+        per_epoch = self.size * n * x[:1].numel() * x.element_size() <= EPOCH_GATHER_BYTES
         if on_epoch is not None:
             on_epoch(0, self)
         for epoch in range(1, epochs + 1):
@@ -338,11 +348,13 @@ class Ensemble:
             order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(
                 self.device, non_blocking=True
             )
-            # One gather per epoch; the mini-batches are then contiguous slices of it.
-            x_epoch, y_epoch = x[models, order], y[models, order]
-            for xb, yb in zip(
-                x_epoch.split(batch_size, dim=1), y_epoch.split(batch_size, dim=1), strict=True
-            ):
+            picked = rows[models, order]  # (M, n) pool rows in this epoch's order
+            # One gather per epoch when it fits; the mini-batches are then slices of it.
+            x_epoch = x[picked] if per_epoch else None
+            for start in range(0, n, batch_size):
+                idx = picked[:, start : start + batch_size]
+                xb = x_epoch[:, start : start + batch_size] if x_epoch is not None else x[idx]
+                yb = y[idx]
                 logits = self.logits(xb)
                 per_model = nn.functional.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none"

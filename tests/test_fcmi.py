@@ -305,16 +305,20 @@ def test_batched_unit_equals_one_training_at_a_time(spec: dict[str, Any]) -> Non
     assert len({u.predictions.tobytes() for u in singles}) > 1
 
 
-def test_ensemble_weights_equal_separate_trainings() -> None:
+@pytest.mark.parametrize("gather", ["per-epoch", "per-batch"])
+def test_ensemble_weights_equal_separate_trainings(gather: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Weights after training, not only argmax predictions: float32 tolerance."""
     import torch
 
+    from infoscore import training
     from infoscore.models import build_model
     from infoscore.training import Ensemble, train_classifier
 
+    if gather == "per-batch":
+        monkeypatch.setattr(training, "EPOCH_GATHER_BYTES", 0)
     x, y = _pool()
     spec = {"arch": "mlp", "hidden": [24]}
-    rows = [np.arange(i * 50, i * 50 + 50) for i in range(3)]
+    rows = [np.arange(i * 30, i * 30 + 50) for i in range(3)]  # overlapping training sets
     seeds = [5, 6, 7]
     for optimizer in ("adam", "sgd"):
         singles = []
@@ -334,8 +338,9 @@ def test_ensemble_weights_equal_separate_trainings() -> None:
             singles.append(model.state_dict())
         ens = Ensemble([build_model(spec, (64,), 10, seed=s) for s in seeds], torch.device("cpu"))
         ens.train(
-            torch.tensor(np.stack([x[r] for r in rows])),
-            torch.tensor(np.stack([y[r] for r in rows])),
+            torch.tensor(x),
+            torch.tensor(y),
+            torch.tensor(np.stack(rows)),
             seeds=seeds,
             epochs=5,
             batch_size=16,
