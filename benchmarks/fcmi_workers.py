@@ -51,8 +51,10 @@ def main() -> int:
         "model": {"arch": "mlp", "hidden": [args.hidden]},
         "params": {"n": args.n, "k1": args.k1, "k2": args.k2, "epochs": args.epochs, "batch_size": 64},
     }
-    units = len(args.n) * args.k1 * args.k2
-    print(f"machine: {platform.node()}, {os.cpu_count()} cores; job: {json.dumps(request)}; {units} units")
+    units = len(args.n) * args.k1 * args.k2  # trainings (len(n) * k1 fan-out units of k2 each)
+    print(
+        f"machine: {platform.node()}, {os.cpu_count()} cores; job: {json.dumps(request)}; {units} trainings"
+    )
     times = {}
     results = {}
     for workers in (1, 2):
@@ -60,7 +62,7 @@ def main() -> int:
         seconds, record = run(workers, request)
         times[workers] = seconds
         results[workers] = record.get("summary", {}).get("results")
-        print(f"  state {record['state']}, wall {seconds:.1f} s, {units / seconds:.2f} units/s")
+        print(f"  state {record['state']}, wall {seconds:.1f} s, {units / seconds:.2f} trainings/s")
     print(f"speedup 2 vs 1 workers: {times[1] / times[2]:.2f}x")
     print(f"same numbers with 1 and 2 workers: {results[1] == results[2]}")
     return 0

@@ -1,7 +1,7 @@
 """Params of the ``fcmi-bound`` job kind (docs/science.md §3).
 
-Each of the ``len(n) * k1 * k2`` trainings is an independent unit keyed by
-(n, supersample seed, selector seed) plus the training recipe; see
+The ``len(n) * k1 * k2`` trainings fan out as ``len(n) * k1`` units, one per (n,
+supersample seed), each training its k2 selector draws as one batched ensemble; see
 ``docs/jobs/fcmi-bound.md``.
 """
 
@@ -48,6 +48,12 @@ class FcmiParams(Strict):
     experimental: bool = Field(
         default=False, description="also report the unverified binary-KL form of the bound"
     )
+    eval_epochs: list[Annotated[int, Field(ge=0, le=2000)]] = Field(
+        default=[],
+        max_length=64,
+        description="also estimate bound, gap and MI after these epochs of the same trainings "
+        "(0 = at initialization; each <= epochs); the last epoch is always evaluated",
+    )
 
     @field_validator("n")
     @classmethod
@@ -55,6 +61,28 @@ class FcmiParams(Strict):
         if len(set(value)) != len(value):
             raise ValueError(f"The 'n' values must be distinct. Got {value!r} instead.")
         return value
+
+    @field_validator("eval_epochs")
+    @classmethod
+    def _distinct_epochs(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"The 'eval_epochs' values must be distinct. Got {value!r} instead.")
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _epochs_within_training(self) -> FcmiParams:
+        late = [e for e in self.eval_epochs if e > self.epochs]
+        if late:
+            raise ValueError(
+                f"The 'eval_epochs' values must be at most epochs = {self.epochs}. Got {late!r} instead."
+            )
+        if self.eval_epochs and self.learner != "model":
+            raise ValueError(
+                f"The 'eval_epochs' parameter needs learner = 'model' (the {self.learner!r} learner "
+                "does not train in epochs). Got "
+                f"{self.eval_epochs!r} instead."
+            )
+        return self
 
     @model_validator(mode="after")
     def _bounded_work(self) -> FcmiParams:

@@ -298,7 +298,8 @@ def train_teacher(
 
     def keep(epoch: int, net: nn.Module) -> None:
         if epoch in wanted:
-            saved[epoch] = {name: t.detach().cpu().clone() for name, t in net.state_dict().items()}
+            # Kept on the model's device: restoring a checkpoint is then a device copy.
+            saved[epoch] = {name: t.detach().clone() for name, t in net.state_dict().items()}
 
     result = train_classifier(
         model,

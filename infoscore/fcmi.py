@@ -9,8 +9,11 @@ Construction (the official protocol):
   ``supersample_seed``; pair i is rows (2i, 2i+1) of that draw, so ``pairs`` is (n, 2).
 * The selector S ~ Bernoulli(1/2)^n is drawn from ``selector_seed`` alone. The learner
   trains on rows ``pairs[i, S_i]`` and the other member of each pair is held out.
-* One training unit returns the predicted classes on all 2n inputs, int16 (n, 2), and the
-  train and held-out accuracies.
+* One training returns the predicted classes on all 2n inputs, int16 (n, 2), and the
+  train and held-out accuracies. ``train_units`` trains the k2 selector draws of one
+  supersample together as one batched ensemble (``training.Ensemble``), and can record
+  the predictions after several epochs of the same trainings (``eval_epochs``);
+  ``train_unit`` is the one-at-a-time reference it equals within float tolerance.
 
 Estimation, per supersample, from its k2 units:
 
@@ -44,7 +47,7 @@ import torch
 from .errors import invalid
 from .models import build_model
 from .progress import StopFn
-from .training import as_tensor, predict_logits, train_classifier
+from .training import Ensemble, as_tensor, ensemble_supported, predict_logits, train_classifier
 
 DETERMINISTIC_SEED = 42
 # Domain tags keep the supersample and selector streams apart when their seeds coincide.
@@ -179,41 +182,229 @@ def train_unit(
     device: torch.device | None = None,
     should_stop: StopFn | None = None,
 ) -> UnitResult:
-    """Train on rows pairs[i, S_i] of (x, y) and predict all 2n supersample inputs.
+    """Train one learner on rows pairs[i, S_i] of (x, y) and predict all 2n supersample inputs.
 
     x (N, ...) pool inputs, y (N,) labels in 0..K-1, pairs (n, 2) pool rows, selector (n,)
     in {0, 1}. ``seed`` is both the init seed and the data-order seed (``unit_seeds``).
-    -> UnitResult with predictions (n, 2) int16.
+    -> UnitResult with predictions (n, 2) int16. The one-at-a-time reference of
+    :func:`train_units`, which trains many selector draws as one batched ensemble.
     """
     learner = Learner(learner)
     train_rows, _ = split_pairs(pairs, selector)
     flat_rows = pairs.reshape(-1)
     if learner is Learner.ONE_NN:
         flat_pred = _nearest_neighbour_predict(x[train_rows], y[train_rows], x[flat_rows])
+        predictions = flat_pred.reshape(pairs.shape).astype(np.int16)
     else:
         if model_spec is None:
             raise invalid("model_spec", "train_unit", "a model spec dict when learner='model'", None)
         device = device or torch.device("cpu")
         shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
-        model = build_model(model_spec, shape, n_classes, seed=seed).to(device)
-        xt = as_tensor(x[train_rows], device)
-        yt = torch.as_tensor(y[train_rows], dtype=torch.int64, device=device)
-        train_classifier(
-            model,
-            xt,
-            yt,
+        recorded = _train_one(
+            as_tensor(x[flat_rows], device),
+            torch.as_tensor(y[flat_rows], dtype=torch.int64, device=device),
+            _train_positions(selector),
+            model_spec=model_spec,
+            input_shape=shape,
+            n_classes=n_classes,
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
             optimizer=optimizer,
             seed=seed,
+            record=(epochs,),
             should_stop=should_stop,
         )
-        logits = predict_logits(model, as_tensor(x[flat_rows], device))
-        flat_pred = logits.argmax(1).cpu().numpy()
-    predictions = flat_pred.reshape(pairs.shape).astype(np.int16)
+        predictions = recorded[0].cpu().numpy().reshape(pairs.shape).astype(np.int16)
     train_acc, heldout_acc = pair_accuracies(predictions, y[pairs], selector)
     return UnitResult(predictions, train_acc, heldout_acc)
+
+
+@dataclass(frozen=True)
+class UnitBatch:
+    """The M trainings of one unit (e.g. the k2 selector draws of one supersample).
+
+    epochs (E,) the recorded epochs, ascending (the last is the trained length) ·
+    predictions (E, M, n, 2) int16: the class predicted for pool row pairs[i, c] by
+    training m after each recorded epoch · train_accuracy, heldout_accuracy (E, M).
+    """
+
+    epochs: np.ndarray
+    predictions: np.ndarray
+    train_accuracy: np.ndarray
+    heldout_accuracy: np.ndarray
+
+
+def recorded_epochs(epochs: int, eval_epochs: Sequence[int] = ()) -> tuple[int, ...]:
+    """The epochs a unit records predictions at: ``eval_epochs`` and the last, ascending."""
+    for e in eval_epochs:
+        if not 0 <= int(e) <= epochs:
+            raise invalid("eval_epochs", "train_units", f"epochs in [0, {epochs}]", list(eval_epochs))
+    return tuple(sorted({int(e) for e in eval_epochs} | {int(epochs)}))
+
+
+def _train_positions(selector: np.ndarray) -> np.ndarray:
+    """Positions, in the flattened (2n,) supersample, of the training members pairs[i, S_i]."""
+    s = np.asarray(selector).astype(np.int64)
+    return 2 * np.arange(s.shape[0]) + s
+
+
+def _train_one(
+    x_flat: torch.Tensor,
+    y_flat: torch.Tensor,
+    train_pos: np.ndarray,
+    *,
+    model_spec: Mapping[str, Any],
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    optimizer: str,
+    seed: int,
+    record: tuple[int, ...],
+    should_stop: StopFn | None,
+) -> torch.Tensor:
+    """One training on x_flat[train_pos]; predicted classes on all of x_flat (2n, ...) after
+    each epoch in ``record``. -> (E, 2n) int64 on x_flat's device."""
+    device = x_flat.device
+    model = build_model(model_spec, input_shape, n_classes, seed=seed).to(device)
+    pos = torch.as_tensor(train_pos, device=device)
+    recorded: list[torch.Tensor] = []
+
+    def keep(epoch: int, trained: torch.nn.Module) -> None:
+        if epoch in record:
+            recorded.append(predict_logits(trained, x_flat).argmax(1))
+
+    train_classifier(
+        model,
+        x_flat[pos],
+        y_flat[pos],
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        seed=seed,
+        on_epoch=keep,
+        should_stop=should_stop,
+    )
+    return torch.stack(recorded)
+
+
+def train_units(
+    x: np.ndarray,
+    y: np.ndarray,
+    pairs: np.ndarray,
+    selectors: np.ndarray,
+    *,
+    n_classes: int,
+    seeds: Sequence[int],
+    learner: Learner | str = Learner.MODEL,
+    model_spec: Mapping[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
+    epochs: int = 100,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    eval_epochs: Sequence[int] = (),
+    device: torch.device | None = None,
+    batched: bool = True,
+    should_stop: StopFn | None = None,
+) -> UnitBatch:
+    """Train M learners on one supersample, one per selector, and predict all 2n inputs.
+
+    x (N, ...), y (N,) the pool; pairs (n, 2) pool rows; selectors (M, n) in {0, 1};
+    seeds (M,) the init and data-order seed of each training (``unit_seeds``). Predictions
+    are recorded after each epoch in ``eval_epochs`` and after the last.
+
+    With ``batched`` (default) the M models train together as one :class:`Ensemble`
+    (stacked weights, ``vmap``), equal to M :func:`train_unit` calls within float
+    tolerance; models with batch norm or dropout, and ``batched=False``, train one at a
+    time. The supersample's 2n inputs go to ``device`` once; predictions come back to
+    the host once, at the end.
+    """
+    learner = Learner(learner)
+    selectors = np.asarray(selectors).reshape(len(seeds), -1) if len(seeds) else np.asarray(selectors)
+    m = selectors.shape[0]
+    if m < 1 or len(seeds) != m or selectors.shape[1] != pairs.shape[0]:
+        raise invalid(
+            "selectors", "train_units", f"(M, {pairs.shape[0]}) with one seed per row", selectors.shape
+        )
+    flat_rows = pairs.reshape(-1)
+    if learner is Learner.ONE_NN:
+        record: tuple[int, ...] = (int(epochs),)
+        train_rows = [split_pairs(pairs, s)[0] for s in selectors]
+        flat = np.stack([_nearest_neighbour_predict(x[r], y[r], x[flat_rows]) for r in train_rows])[None]
+    else:
+        if model_spec is None:
+            raise invalid("model_spec", "train_units", "a model spec dict when learner='model'", None)
+        record = recorded_epochs(epochs, eval_epochs)
+        device = device or torch.device("cpu")
+        shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
+        x_flat = as_tensor(x[flat_rows], device)
+        y_flat = torch.as_tensor(y[flat_rows], dtype=torch.int64, device=device)
+        positions = np.stack([_train_positions(s) for s in selectors])
+        models = [build_model(model_spec, shape, n_classes, seed=int(seed)) for seed in seeds]
+        if batched and ensemble_supported(models[0]):
+            ensemble = Ensemble(models, device)
+            del models
+            pos = torch.as_tensor(positions, device=device)
+            kept: list[torch.Tensor] = []
+
+            def keep(epoch: int, trained: Ensemble) -> None:
+                if epoch in record:
+                    kept.append(trained.predict_logits(x_flat, shared=True).argmax(2))
+
+            ensemble.train(
+                x_flat,
+                y_flat,
+                pos,
+                seeds=[int(s) for s in seeds],
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                optimizer=optimizer,
+                on_epoch=keep,
+                should_stop=should_stop,
+            )
+            stacked = torch.stack(kept)  # (E, M, 2n)
+        else:
+            stacked = torch.stack(
+                [
+                    _train_one(
+                        x_flat,
+                        y_flat,
+                        positions[i],
+                        model_spec=model_spec,
+                        input_shape=shape,
+                        n_classes=n_classes,
+                        epochs=epochs,
+                        batch_size=batch_size,
+                        lr=lr,
+                        optimizer=optimizer,
+                        seed=int(seeds[i]),
+                        record=record,
+                        should_stop=should_stop,
+                    )
+                    for i in range(m)
+                ],
+                dim=1,
+            )
+        flat = stacked.to(torch.int16).cpu().numpy()
+    predictions = flat.reshape(len(record), m, *pairs.shape).astype(np.int16)
+    labels = y[pairs]
+    accs = np.array(
+        [
+            [pair_accuracies(predictions[e, i], labels, selectors[i]) for i in range(m)]
+            for e in range(len(record))
+        ]
+    ).reshape(len(record), m, 2)
+    return UnitBatch(
+        epochs=np.asarray(record, dtype=np.int64),
+        predictions=predictions,
+        train_accuracy=accs[..., 0],
+        heldout_accuracy=accs[..., 1],
+    )
 
 
 def pair_accuracies(predictions: np.ndarray, labels: np.ndarray, selector: np.ndarray) -> tuple[float, float]:

@@ -217,7 +217,7 @@ def training_dynamics(
     def on_epoch(epoch: int, trained: nn.Module) -> None:
         logits = predict_logits(trained, x)
         if epoch >= 1:
-            correct_per_epoch.append((logits.argmax(1) == y).cpu())
+            correct_per_epoch.append(logits.argmax(1) == y)  # stays on the device until the end
         if epoch == el2n_epoch:
             at_el2n_epoch["el2n"] = el2n_scores(logits, y)
             at_el2n_epoch["grand"] = grand_scores(
@@ -240,7 +240,7 @@ def training_dynamics(
     )
     final_logits = predict_logits(model, x)
     loss, margin = loss_and_margin(final_logits, y)
-    correct = torch.stack(correct_per_epoch)  # (E, n)
+    correct = torch.stack(correct_per_epoch).cpu()  # (E, n): one transfer, after training
 
     def to_numpy(t: Tensor) -> np.ndarray:
         return t.detach().cpu().to(torch.float64).numpy()

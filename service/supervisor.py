@@ -43,6 +43,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+WORKER_NICE = 10
+
+
+def worker_niceness() -> int:
+    """The embedded worker's nice increment: INFOSCORE_WORKER_NICE (0 = same priority as
+    the API), default WORKER_NICE."""
+    raw = os.environ.get("INFOSCORE_WORKER_NICE", str(WORKER_NICE))
+    try:
+        return max(0, min(19, int(raw)))
+    except ValueError:
+        raise SystemExit(
+            f"INFOSCORE_WORKER_NICE must be an integer in [0, 19]. Got {raw!r} instead."
+        ) from None
+
+
 def wait_for_redis(port: int, timeout: float = 20.0, password: str | None = None) -> None:
     deadline = time.monotonic() + timeout
     hello = b"PING\r\n" if password is None else f"AUTH {password}\r\nPING\r\n".encode()
@@ -106,6 +121,7 @@ class Child:
     restarts: int = 0
     log_path: Path | None = None
     recent_restarts: list[float] = field(default_factory=list)
+    niceness: int = 0
     _log: object = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -113,10 +129,12 @@ class Child:
         if self.log_path is not None:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
             stdout = self._log
+        niceness = self.niceness
         self.proc = subprocess.Popen(
             self.argv,
             env=self.env,
             start_new_session=True,
+            preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
             stdout=stdout,  # type: ignore[arg-type]
             stderr=subprocess.STDOUT if stdout is not None else None,
         )
@@ -170,10 +188,16 @@ class Supervisor:
         env["INFOSCORE_HOST"] = self.host
         env["INFOSCORE_PORT"] = str(self.port)
         env["INFOSCORE_WORKER_CONCURRENCY"] = str(self.workers)
-        # One machine runs everything here: leave a core to the API and the broker, so
-        # status requests stay fast while a job trains.
+        # One machine runs everything here. The API and the broker idle between requests:
+        # jobs get every core, and the worker runs at a lower CPU priority (WORKER_NICE), so
+        # the kernel hands the API a core the moment a request needs one
+        # (measured in docs/benchmarks/devices.md).
         cores = os.cpu_count() or 1
-        env.setdefault("INFOSCORE_TORCH_THREADS", str(max(1, (cores - 1) // self.workers)))
+        env.setdefault("INFOSCORE_TORCH_THREADS", str(max(1, cores // self.workers)))
+        # With every core in use, a preempted OpenMP thread leaves the others spinning at
+        # the next barrier (measured: 12-45x slower on a busy 2-core box); passive waiting
+        # makes them sleep instead.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -237,6 +261,7 @@ class Supervisor:
             [sys.executable, "-m", "service.cli", "worker"],
             env,
             log_path=self._log("worker"),
+            niceness=worker_niceness(),
         )
         api = Child("api", [sys.executable, "-m", "service.cli", "api"], env, log_path=self._log("api"))
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -271,7 +271,7 @@ def test_corrupt_unit_cache_is_recomputed(api: Any, worker: WorkerProcess, envir
         "kind": "fcmi-bound",
         "dataset": {"builtin": "gaussians", "n": 80, "dim": 5, "classes": 2},
         "model": {"arch": "linear"},
-        "params": {"n": [10], "k1": 1, "k2": 3, "epochs": 3, "batch_size": 16},
+        "params": {"n": [10], "k1": 3, "k2": 3, "epochs": 3, "batch_size": 16},
     }
     first = api.post("/v1/jobs", json=fcmi).json()
     done = wait_until(
@@ -281,7 +281,7 @@ def test_corrupt_unit_cache_is_recomputed(api: Any, worker: WorkerProcess, envir
     )
     assert done["state"] == "succeeded", done["error"]
     units = sorted((environment.data_dir / "cache" / "units").glob("*.npz"))
-    assert len(units) == 3
+    assert len(units) == 3  # one per (n, supersample)
     units[0].write_bytes(b"not a zip")
     again = api.post("/v1/jobs", json={**fcmi, "name": "again"}).json()
     redone = wait_until(

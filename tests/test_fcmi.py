@@ -211,16 +211,29 @@ def test_plan_units_are_keyed_by_their_content(tmp_path: Path) -> None:
     runner = FcmiRunner()
     ctx = make_context(_request({"n": [10, 20], "k1": 2, "k2": 3}), tmp_path)
     units = runner.plan(ctx)
-    assert len(units) == 2 * 2 * 3
-    assert len({u.name for u in units}) == len({u.key("fp") for u in units}) == 12
+    assert len(units) == 2 * 2  # one unit per (n, supersample), holding its k2 draws
+    assert len({u.name for u in units}) == len({u.key("fp") for u in units}) == 4
     for u in units:
         json.dumps(u.params)
-        assert {"n", "supersample_seed", "selector_seed", "model", "epochs", "init_seed"} <= set(u.params)
+        assert {
+            "n",
+            "supersample_seed",
+            "selector_seeds",
+            "model",
+            "epochs",
+            "init_seeds",
+            "eval_epochs",
+        } <= set(u.params)
+        assert u.params["selector_seeds"] == [0, 1, 2] and len(set(u.params["init_seeds"])) == 3
+        assert u.params["eval_epochs"] == [100]
     det = runner.plan(make_context(_request({"n": [10], "k2": 3, "deterministic": True}), tmp_path))
-    assert {u.params["init_seed"] for u in det} == {42}
+    assert {s for u in det for s in u.params["init_seeds"]} == {42}
     # A different n list shares the n = 10 units with the first job.
     other = runner.plan(make_context(_request({"n": [10, 30], "k1": 2, "k2": 3}), tmp_path))
     assert {u.key("fp") for u in units if u.params["n"] == 10} <= {u.key("fp") for u in other}
+    # Recording more epochs is another unit.
+    evals = runner.plan(make_context(_request({"n": [10], "k1": 2, "k2": 3, "eval_epochs": [5]}), tmp_path))
+    assert not {u.key("fp") for u in evals} & {u.key("fp") for u in units}
     # The 1-NN control does not depend on the model or the training recipe.
     nn_a = runner.plan(make_context(_request({"n": [10], "k2": 3, "learner": "1nn"}), tmp_path))
     nn_b = runner.plan(
@@ -231,19 +244,177 @@ def test_plan_units_are_keyed_by_their_content(tmp_path: Path) -> None:
 
 def test_run_unit_is_deterministic(tmp_path: Path) -> None:
     runner = FcmiRunner()
-    ctx = make_context(_request({"n": [30], "k1": 1, "k2": 2, "epochs": 5, "lr": 0.05}), tmp_path)
+    ctx = make_context(_request({"n": [30], "k1": 2, "k2": 2, "epochs": 5, "lr": 0.05}), tmp_path)
     unit = runner.plan(ctx)[1]
     first = runner.run_unit(ctx, unit)
     second = runner.run_unit(ctx, unit)
-    assert first["predictions"].dtype == np.int16 and first["predictions"].shape == (30, 2)
+    assert first["predictions"].dtype == np.int16 and first["predictions"].shape == (1, 2, 30, 2)
+    assert first["accuracy"].shape == (1, 2, 2) and first["epochs"].tolist() == [5]
     np.testing.assert_array_equal(first["predictions"], second["predictions"])
     np.testing.assert_array_equal(first["accuracy"], second["accuracy"])
-    np.testing.assert_array_equal(first["selector"], fcmi.draw_selector(30, 1))
+    np.testing.assert_array_equal(first["selectors"][1], fcmi.draw_selector(30, 1))
+
+
+def _pool() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"arch": "mlp", "hidden": [32]},
+        {"arch": "cnn", "channels": [4, 8], "hidden": 16},
+        {"arch": "mlp", "hidden": [16], "batchnorm": True},  # not batchable: one at a time
+    ],
+    ids=["mlp", "cnn", "batchnorm"],
+)
+def test_batched_unit_equals_one_training_at_a_time(spec: dict[str, Any]) -> None:
+    """The k2 draws trained as one ensemble give the numbers of k2 separate trainings."""
+    x, y = _pool()
+    n, k2, epochs = 40, 4, 6
+    pairs = fcmi.make_supersample(len(y), n, 3)
+    selectors = np.stack([fcmi.draw_selector(n, j) for j in range(k2)])
+    seeds = [fcmi.unit_seeds(0, 3, j, deterministic=False) for j in range(k2)]
+    recipe: dict[str, Any] = {"epochs": epochs, "batch_size": 16, "lr": 1e-2, "optimizer": "adam"}
+    batch = fcmi.train_units(
+        x, y, pairs, selectors, n_classes=10, seeds=seeds, model_spec=spec, input_shape=(1, 8, 8), **recipe
+    )
+    singles = [
+        fcmi.train_unit(
+            x,
+            y,
+            pairs,
+            selectors[j],
+            n_classes=10,
+            model_spec=spec,
+            input_shape=(1, 8, 8),
+            seed=seeds[j],
+            **recipe,
+        )
+        for j in range(k2)
+    ]
+    assert batch.predictions.shape == (1, k2, n, 2) and batch.epochs.tolist() == [epochs]
+    np.testing.assert_array_equal(batch.predictions[0], np.stack([u.predictions for u in singles]))
+    np.testing.assert_array_equal(batch.train_accuracy[0], [u.train_accuracy for u in singles])
+    np.testing.assert_array_equal(batch.heldout_accuracy[0], [u.heldout_accuracy for u in singles])
+    # The trainings differ from each other (different rows, init and order), so the
+    # equality above is not the trivial one.
+    assert len({u.predictions.tobytes() for u in singles}) > 1
+
+
+@pytest.mark.parametrize("gather", ["per-epoch", "per-batch"])
+def test_ensemble_weights_equal_separate_trainings(gather: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights after training, not only argmax predictions: float32 tolerance."""
+    import torch
+
+    from infoscore import training
+    from infoscore.models import build_model
+    from infoscore.training import Ensemble, train_classifier
+
+    if gather == "per-batch":
+        monkeypatch.setattr(training, "EPOCH_GATHER_BYTES", 0)
+    x, y = _pool()
+    spec = {"arch": "mlp", "hidden": [24]}
+    rows = [np.arange(i * 30, i * 30 + 50) for i in range(3)]  # overlapping training sets
+    seeds = [5, 6, 7]
+    for optimizer in ("adam", "sgd"):
+        singles = []
+        for r, seed in zip(rows, seeds, strict=True):
+            model = build_model(spec, (64,), 10, seed=seed)
+            train_classifier(
+                model,
+                torch.tensor(x[r]),
+                torch.tensor(y[r]),
+                epochs=5,
+                batch_size=16,
+                lr=1e-2,
+                optimizer=optimizer,
+                weight_decay=1e-3,
+                seed=seed,
+            )
+            singles.append(model.state_dict())
+        ens = Ensemble([build_model(spec, (64,), 10, seed=s) for s in seeds], torch.device("cpu"))
+        ens.train(
+            torch.tensor(x),
+            torch.tensor(y),
+            torch.tensor(np.stack(rows)),
+            seeds=seeds,
+            epochs=5,
+            batch_size=16,
+            lr=1e-2,
+            optimizer=optimizer,
+            weight_decay=1e-3,
+        )
+        for single, batched in zip(singles, ens.state_dicts(), strict=True):
+            assert single.keys() == batched.keys()
+            for key in single:
+                torch.testing.assert_close(batched[key], single[key], rtol=1e-4, atol=1e-5)
+            # Moved away from the initialisation, so the comparison is not of untouched weights.
+        first = build_model(spec, (64,), 10, seed=seeds[0]).state_dict()
+        assert (first["1.weight"] - singles[0]["1.weight"]).abs().max() > 1e-3
+
+
+def test_eval_epochs_record_the_same_trainings_at_each_epoch() -> None:
+    """Predictions recorded at epoch e equal those of a training stopped at e."""
+    x, y = _pool()
+    n, k2 = 30, 3
+    pairs = fcmi.make_supersample(len(y), n, 0)
+    selectors = np.stack([fcmi.draw_selector(n, j) for j in range(k2)])
+    seeds = [11, 12, 13]
+    common: dict[str, Any] = {"n_classes": 10, "seeds": seeds, "model_spec": {"arch": "mlp", "hidden": [16]}}
+    common.update(batch_size=8, lr=5e-3)
+    batch = fcmi.train_units(x, y, pairs, selectors, epochs=6, eval_epochs=[0, 2], **common)
+    assert batch.epochs.tolist() == [0, 2, 6] and batch.predictions.shape == (3, k2, n, 2)
+    for e_i, epoch in enumerate((0, 2, 6)):
+        alone = fcmi.train_units(x, y, pairs, selectors, epochs=epoch, **common)
+        np.testing.assert_array_equal(batch.predictions[e_i], alone.predictions[-1])
+        np.testing.assert_array_equal(batch.heldout_accuracy[e_i], alone.heldout_accuracy[-1])
+    assert not np.array_equal(batch.predictions[0], batch.predictions[2])
+    with pytest.raises(InvalidInputError, match="eval_epochs"):
+        fcmi.train_units(x, y, pairs, selectors, epochs=6, eval_epochs=[7], **common)
+
+
+def test_eval_epochs_in_summary_files_and_contract(tmp_path: Path) -> None:
+    runner = FcmiRunner()
+    params = {
+        "n": [20, 40],
+        "k1": 2,
+        "k2": 4,
+        "epochs": 6,
+        "lr": 0.05,
+        "batch_size": 16,
+        "eval_epochs": [3, 0],
+    }
+    out = _run_all(runner, make_context(_request(params), tmp_path))
+    rows = out.summary["by_epoch"]
+    assert [(r["epoch"], r["n"]) for r in rows] == [(0, 20), (3, 20), (6, 20), (0, 40), (3, 40), (6, 40)]
+    final = {r["n"]: r for r in rows if r["epoch"] == 6}
+    for r in out.summary["results"]:
+        assert {k: v for k, v in final[r["n"]].items() if k not in ("epoch", "mi_mean")} == r
+    for r in rows:
+        assert set(r) == RESULT_KEYS | {"epoch", "mi_mean"} and r["mi_mean"] >= 0
+    assert out.summary["settings"]["eval_epochs"] == [0, 3]
+    table = list(csv.DictReader(io.StringIO(out.files["mi_by_epoch.csv"].decode())))  # type: ignore[union-attr]
+    assert list(table[0]) == ["epoch", "n", "supersample", "pair", "mi"] and len(table) == 3 * 2 * (20 + 40)
+    assert out.files["bound_epochs.png"][:8] == b"\x89PNG\r\n\x1a\n"  # type: ignore[index]
+    plain = _run_all(runner, make_context(_request({**params, "eval_epochs": []}), tmp_path))
+    assert "by_epoch" not in plain.summary and "mi_by_epoch.csv" not in plain.files
+    assert plain.summary["results"] == out.summary["results"]
+    for bad in (
+        {"epochs": 5, "eval_epochs": [6]},
+        {"eval_epochs": [1, 1]},
+        {"learner": "1nn", "eval_epochs": [1]},
+    ):
+        with pytest.raises(pydantic.ValidationError, match="eval_epochs"):
+            FcmiParams(**bad)
 
 
 def test_reduce_requires_every_unit(tmp_path: Path) -> None:
     runner = FcmiRunner()
-    ctx = make_context(_request({"n": [10], "k1": 1, "k2": 2, "learner": "1nn"}), tmp_path)
+    ctx = make_context(_request({"n": [10], "k1": 2, "k2": 2, "learner": "1nn"}), tmp_path)
     units = runner.plan(ctx)
     with pytest.raises(InvalidInputError, match="'results' parameter"):
         runner.reduce(ctx, {units[0].name: runner.run_unit(ctx, units[0])})
@@ -310,3 +481,32 @@ def test_make_supersample_passes_or_raises_invalid_input(pool: int, n: int, seed
         assert err.param == "n" and str(err).startswith("The 'n' parameter of make_supersample must be")
     else:
         assert pairs.shape == (n, 2) and len(np.unique(pairs)) == 2 * n and pairs.max() < pool
+
+
+def test_units_run_from_their_stored_params_without_replanning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fan-out writes each unit's params beside its cache key; run_unit uses them."""
+    from contracts.jobs import parse_job_request
+    from store.settings import WorkerSettings
+    from workers.execution import Executor
+
+    sent: list[list[str]] = []
+    settings = WorkerSettings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'jobs.db'}")
+    executor = Executor(settings, lambda name, args, queue: sent.append(args))
+    request = parse_job_request(
+        _request({"n": [10, 20], "k1": 1, "k2": 3, "epochs": 3, "batch_size": 8})
+    ).model_dump(mode="json")
+    job = executor.store.create_job(kind="fcmi-bound", request=request, fingerprint="fp-stored-params")
+    assert executor.run_job(job["id"]) == "fanned-out"
+    assert sorted(name for _, name in sent) == ["n10-s0", "n20-s0"]
+    stored = sorted((tmp_path / "cache" / "units").glob("*.json"))
+    assert len(stored) == 2 and {json.loads(p.read_text())["n"] for p in stored} == {10, 20}
+
+    def no_plan(self: FcmiRunner, ctx: Any) -> list[Any]:
+        raise AssertionError("run_unit planned the whole job again")
+
+    monkeypatch.setattr(FcmiRunner, "plan", no_plan)
+    assert [executor.run_unit(job_id, name) for job_id, name in sent] == ["unit-done", "succeeded"]
+    done = executor.store.get_job(job["id"])
+    assert done is not None and [r["n"] for r in done["summary"]["results"]] == [10, 20]

@@ -58,6 +58,9 @@ def _init_child(**_: Any) -> None:
     settings = WorkerSettings()
     threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.worker_concurrency)
     torch.set_num_threads(threads)
+    # torch.optim imports torch._dynamo on first use (about 1 s of CPU): pay it when the
+    # child starts, not inside the first job's time.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 _reaper_stop = threading.Event()

@@ -274,7 +274,14 @@ class Executor:
         rows = []
         for unit in units:
             key = unit.key(runner.unit_scope(job["fingerprint"]))
-            rows.append((unit.name, key, self._unit_cached(key)))
+            cached = self._unit_cached(key)
+            if not cached:
+                # The unit's own params beside its cache entry: run_unit reads them instead
+                # of planning the whole job again.
+                atomic_write_bytes(
+                    self._unit_params_path(key), json.dumps(unit.params, sort_keys=True).encode()
+                )
+            rows.append((unit.name, key, cached))
         self.store.add_units(job_id, rows)
         state_units = self.store.units(job_id)
         pending = [u["name"] for u in state_units if u["state"] != "done"]
@@ -287,6 +294,29 @@ class Executor:
         for name in pending:
             self.send_task(names.RUN_UNIT, args=[job_id, name], queue=names.QUEUE_JOBS)
         return "fanned-out"
+
+    def _unit_params_path(self, key: str) -> Path:
+        return self.artifacts.unit_path(key).with_suffix(".json")
+
+    def _load_unit(self, job: dict[str, Any], name: str, runner: Any, ctx: Any) -> Any:
+        """The unit ``name`` of ``job``: from its stored params when they are there and
+        still hash to the unit's key, else from the job's plan."""
+        from workers.runners.base import Unit
+
+        scope = runner.unit_scope(job["fingerprint"])
+        row = next((u for u in self.store.units(job["id"]) if u["name"] == name), None)
+        if row is not None:
+            path = self._unit_params_path(row["key"])
+            try:
+                unit = Unit(name=name, params=json.loads(path.read_bytes()))
+            except (OSError, ValueError):
+                unit = None
+            if unit is not None and unit.key(scope) == row["key"]:
+                return unit
+        unit = next((u for u in runner.plan(ctx) if u.name == name), None)
+        if unit is None:
+            raise RuntimeError(f"unit {name!r} is not in the job's plan")
+        return unit
 
     def _unit_cached(self, key: str) -> bool:
         path = self.artifacts.unit_path(key)
@@ -327,9 +357,7 @@ class Executor:
         job_id = job["id"]
         runner = get_runner(job["kind"])
         ctx = self._context(job, workdir, hb)
-        unit = next((u for u in runner.plan(ctx) if u.name == name), None)
-        if unit is None:
-            raise RuntimeError(f"unit {name!r} is not in the job's plan")
+        unit = self._load_unit(job, name, runner, ctx)
         key = unit.key(runner.unit_scope(job["fingerprint"]))
         if not self._unit_cached(key):
             ctx.progress = lambda d, t: None  # job progress counts units, not unit steps

@@ -1,7 +1,8 @@
 """Runner of the ``fcmi-bound`` job kind: sample-wise f-CMI bounds (docs/science.md §3).
 
-A fan-out kind. ``plan`` makes one unit per (n, supersample seed, selector seed); each
-unit trains one learner and returns its predicted classes on the 2n supersample inputs;
+A fan-out kind. ``plan`` makes one unit per (n, supersample seed); each unit trains the
+k2 selector draws of its supersample as one batched ensemble and returns their predicted
+classes on the 2n supersample inputs (after each recorded epoch);
 ``reduce`` estimates the per-pair MI, the bound and the gap, and draws the figure.
 See ``docs/jobs/fcmi-bound.md``.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import io
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +32,22 @@ def _dataset_ref(ctx: JobContext) -> Any:
     return ref if isinstance(ref, str) else ref.model_dump(mode="json")
 
 
-def _unit_name(n: int, supersample: int, selector: int) -> str:
-    return f"n{n}-s{supersample}-j{selector}"
+def _unit_name(n: int, supersample: int) -> str:
+    return f"n{n}-s{supersample}"
 
 
 class FcmiRunner(Runner):
-    """plan -> len(n) * k1 * k2 trainings; run_unit -> predictions; reduce -> bound vs gap."""
+    """plan -> len(n) * k1 units of k2 trainings; run_unit -> predictions; reduce -> bound vs gap."""
 
     kind = "fcmi-bound"
 
     def unit_scope(self, job_fingerprint: str) -> str:
         # Unit.params hold everything a unit's result depends on (plan() below): units are
-        # shared by every fcmi-bound job, whatever its n list, k1, k2 or estimator. Bump the
-        # version when the training unit's algorithm changes, to retire old cache entries.
-        return "fcmi-bound/unit-v1"
+        # shared by every fcmi-bound job with the same (n, supersample, k2, recipe,
+        # eval_epochs), whatever its other n values, k1 or estimator. Bump the version when
+        # the unit's algorithm or layout changes, to retire old cache entries
+        # (v2: one unit = the k2 selector draws of one supersample, trained batched).
+        return "fcmi-bound/unit-v2"
 
     # ------------------------------------------------------------ plan
 
@@ -63,12 +65,14 @@ class FcmiRunner(Runner):
             )
 
     def plan(self, ctx: JobContext) -> list[Unit]:
-        """One unit per (n, supersample s < k1, selector j < k2), in that nesting order.
+        """One unit per (n, supersample s < k1), in that nesting order; each trains the k2
+        selector draws j < k2 of its supersample together (one batched ensemble).
 
         Unit.params holds everything that determines the unit's result (dataset, n, seeds,
-        learner, and for ``learner = model`` the model spec and optimisation recipe), so
-        identical trainings get the same content key across jobs. The 1-NN control
-        depends on neither the model nor the seeds of the training loop.
+        learner, and for ``learner = model`` the model spec, optimisation recipe, per-draw
+        init seeds and recorded epochs), so identical units get the same content key across
+        jobs and a unit runs from its params alone. The 1-NN control depends on neither the
+        model nor the seeds of the training loop.
         """
         self.validate(ctx)
         p = ctx.params
@@ -77,44 +81,50 @@ class FcmiRunner(Runner):
         units = []
         for n in p.n:
             for s in range(p.k1):
-                for j in range(p.k2):
-                    params: dict[str, Any] = {
-                        "dataset": dataset,
-                        "n": int(n),
-                        "supersample_seed": s,
-                        "selector_seed": j,
-                        "learner": learner.value,
-                    }
-                    if learner is fcmi.Learner.MODEL:
-                        params.update(
-                            model=ctx.model_spec,
-                            epochs=int(p.epochs),
-                            lr=float(p.lr),
-                            batch_size=int(p.batch_size),
-                            optimizer=str(p.optimizer),
-                            init_seed=fcmi.unit_seeds(ctx.seed, s, j, deterministic=p.deterministic),
-                        )
-                    units.append(Unit(name=_unit_name(int(n), s, j), params=params))
+                params: dict[str, Any] = {
+                    "dataset": dataset,
+                    "n": int(n),
+                    "supersample_seed": s,
+                    "selector_seeds": list(range(p.k2)),
+                    "learner": learner.value,
+                }
+                if learner is fcmi.Learner.MODEL:
+                    params.update(
+                        model=ctx.model_spec,
+                        epochs=int(p.epochs),
+                        lr=float(p.lr),
+                        batch_size=int(p.batch_size),
+                        optimizer=str(p.optimizer),
+                        init_seeds=[
+                            fcmi.unit_seeds(ctx.seed, s, j, deterministic=p.deterministic)
+                            for j in range(p.k2)
+                        ],
+                        eval_epochs=[int(e) for e in fcmi.recorded_epochs(int(p.epochs), p.eval_epochs)],
+                    )
+                units.append(Unit(name=_unit_name(int(n), s), params=params))
         return units
 
     # ------------------------------------------------------------ one unit
 
     def run_unit(self, ctx: JobContext, unit: Unit) -> dict[str, np.ndarray]:
-        """Train one learner. -> predictions (n, 2) int16, selector (n,) int8,
-        accuracy (2,) float64 = [train, held-out], seconds (1,) float64."""
+        """Train the unit's k2 learners (batched). -> predictions (E, k2, n, 2) int16 after
+        each recorded epoch, epochs (E,) int64, selectors (k2, n) int8, accuracy (E, k2, 2)
+        float64 = [train, held-out], seconds (1,) float64. Reads ``unit.params`` only."""
         start = time.perf_counter()
         up = unit.params
         ds = ctx.dataset
-        pairs = fcmi.make_supersample(ds.n_train, int(up["n"]), int(up["supersample_seed"]))
-        selector = fcmi.draw_selector(int(up["n"]), int(up["selector_seed"]))
+        n = int(up["n"])
+        pairs = fcmi.make_supersample(ds.n_train, n, int(up["supersample_seed"]))
+        selectors = np.stack([fcmi.draw_selector(n, int(j)) for j in up["selector_seeds"]])
         learner = fcmi.Learner(up["learner"])
         if learner is fcmi.Learner.MODEL:
-            result = fcmi.train_unit(
+            batch = fcmi.train_units(
                 ds.x_train,
                 ds.y_train,
                 pairs,
-                selector,
+                selectors,
                 n_classes=ds.n_classes,
+                seeds=[int(v) for v in up["init_seeds"]],
                 learner=learner,
                 model_spec=up["model"],
                 input_shape=ds.input_shape,
@@ -122,80 +132,89 @@ class FcmiRunner(Runner):
                 batch_size=int(up["batch_size"]),
                 lr=float(up["lr"]),
                 optimizer=str(up["optimizer"]),
-                seed=int(up["init_seed"]),
+                eval_epochs=[int(e) for e in up["eval_epochs"]],
                 device=ctx.device,
                 should_stop=ctx.should_stop,
             )
         else:
-            result = fcmi.train_unit(
-                ds.x_train, ds.y_train, pairs, selector, n_classes=ds.n_classes, learner=learner
+            batch = fcmi.train_units(
+                ds.x_train,
+                ds.y_train,
+                pairs,
+                selectors,
+                n_classes=ds.n_classes,
+                seeds=list(range(len(selectors))),
+                learner=learner,
             )
         return {
-            "predictions": result.predictions,
-            "selector": selector,
-            "accuracy": np.array([result.train_accuracy, result.heldout_accuracy], dtype=np.float64),
+            "predictions": batch.predictions,
+            "epochs": batch.epochs,
+            "selectors": selectors,
+            "accuracy": np.stack([batch.train_accuracy, batch.heldout_accuracy], axis=-1).astype(np.float64),
             "seconds": np.array([time.perf_counter() - start], dtype=np.float64),
         }
 
     # ------------------------------------------------------------ reduce
 
     def reduce(self, ctx: JobContext, results: dict[str, dict[str, np.ndarray]]) -> JobOutput:
-        """Per supersample: per-pair MI, bound, gap; per n: mean and std over supersamples."""
+        """Per supersample: per-pair MI, bound, gap; per n: mean and std over supersamples;
+        the same after every recorded epoch (``eval_epochs``)."""
         start = time.perf_counter()
         p = ctx.params
         estimator = fcmi.MiEstimator(p.mi_estimator)
         k = ctx.dataset.n_classes
-        grouped: dict[tuple[int, int], list[dict[str, np.ndarray]]] = defaultdict(list)
-        missing = []
-        for n in p.n:
-            for s in range(p.k1):
-                for j in range(p.k2):
-                    name = _unit_name(int(n), s, j)
-                    if name not in results:
-                        missing.append(name)
-                    else:
-                        grouped[(int(n), s)].append(results[name])
+        missing = [
+            _unit_name(int(n), s) for n in p.n for s in range(p.k1) if _unit_name(int(n), s) not in results
+        ]
         if missing:
             raise invalid(
                 "results", "FcmiRunner.reduce", "one result per planned unit", f"{len(missing)} missing"
             )
-
+        final_epoch = int(p.epochs)
         unit_seconds = 0.0
         rows: list[str] = ["n,supersample,pair,mi"]
+        epoch_rows: list[str] = ["epoch,n,supersample,pair,mi"]
         summary_results: list[dict[str, Any]] = []
+        by_epoch: list[dict[str, Any]] = []
         experimental: list[dict[str, Any]] = []
         bias_by_n: list[dict[str, float]] = []
         for n in p.n:
-            estimates = []
-            for s in range(p.k1):
-                draws = grouped[(int(n), s)]
-                unit_seconds += float(sum(float(d["seconds"][0]) for d in draws))
-                est = fcmi.estimate_supersample(
-                    np.stack([d["predictions"] for d in draws]),
-                    np.stack([d["selector"] for d in draws]),
-                    np.array([d["accuracy"][0] for d in draws]),
-                    np.array([d["accuracy"][1] for d in draws]),
-                    n_classes=k,
-                    estimator=estimator,
-                )
-                estimates.append(est)
+            draws = [results[_unit_name(int(n), s)] for s in range(p.k1)]
+            unit_seconds += float(sum(float(d["seconds"][0]) for d in draws))
+            epochs = [int(e) for e in draws[0]["epochs"]]
+            per_epoch: dict[int, list[fcmi.SupersampleEstimate]] = {}
+            for e_i, epoch in enumerate(epochs):
+                per_epoch[epoch] = [
+                    fcmi.estimate_supersample(
+                        d["predictions"][e_i],
+                        d["selectors"],
+                        d["accuracy"][e_i, :, 0],
+                        d["accuracy"][e_i, :, 1],
+                        n_classes=k,
+                        estimator=estimator,
+                    )
+                    for d in draws
+                ]
+            estimates = per_epoch[epochs[-1]]
+            for s, est in enumerate(estimates):
                 rows.extend(f"{n},{s},{i},{v:.10g}" for i, v in enumerate(est.mi))
                 if p.experimental:
                     experimental.append({"n": int(n), "supersample": s, **fcmi.experimental_binary_kl(est)})
             agg = fcmi.aggregate(int(n), estimates)
-            summary_results.append(
-                {
-                    "n": agg.n,
-                    "gap_mean": agg.gap_mean,
-                    "gap_std": agg.gap_std,
-                    "bound_mean": agg.bound_mean,
-                    "bound_std": agg.bound_std,
-                    "train_acc": agg.train_accuracy,
-                    "test_acc": agg.heldout_accuracy,
-                    "units": agg.units,
-                }
-            )
+            summary_results.append(_result_row(agg))
             bias_by_n.append({"n": agg.n, "bias_estimate": agg.bias_estimate})
+            if p.eval_epochs:
+                for epoch in epochs:
+                    ests = per_epoch[epoch]
+                    for s, est in enumerate(ests):
+                        epoch_rows.extend(f"{epoch},{n},{s},{i},{v:.10g}" for i, v in enumerate(est.mi))
+                    row = _result_row(fcmi.aggregate(int(n), ests))
+                    row["mi_mean"] = float(np.mean([est.mi.mean() for est in ests]))
+                    by_epoch.append({"epoch": epoch, **row})
+            if epochs[-1] != final_epoch and fcmi.Learner(p.learner) is fcmi.Learner.MODEL:
+                raise invalid(
+                    "results", "FcmiRunner.reduce", f"units trained for {final_epoch} epochs", epochs[-1]
+                )
 
         summary: dict[str, Any] = {
             "kind": self.kind,
@@ -209,15 +228,19 @@ class FcmiRunner(Runner):
             "bias_estimate_by_n": bias_by_n,
             "seconds": unit_seconds + (time.perf_counter() - start),
         }
+        files: dict[str, bytes | Path] = {
+            "mi.csv": ("\n".join(rows) + "\n").encode(),
+            "bound.png": _plot(summary_results, estimator),
+        }
+        if p.eval_epochs:
+            summary["by_epoch"] = by_epoch
+            files["mi_by_epoch.csv"] = ("\n".join(epoch_rows) + "\n").encode()
+            files["bound_epochs.png"] = _plot_epochs(by_epoch, estimator)
         if p.experimental:
             summary["experimental"] = {
                 "label": "unverified: binary-KL form, mean per-pair MI standing in for f-CMI/n",
                 "supersamples": experimental,
             }
-        files: dict[str, bytes | Path] = {
-            "mi.csv": ("\n".join(rows) + "\n").encode(),
-            "bound.png": _plot(summary_results, estimator),
-        }
         return JobOutput(summary=summary, scores=None, files=files)
 
     def run(self, ctx: JobContext) -> JobOutput:
@@ -252,6 +275,7 @@ class FcmiRunner(Runner):
                 batch_size=p.batch_size,
                 optimizer=p.optimizer,
                 deterministic=p.deterministic,
+                eval_epochs=list(p.eval_epochs),
                 seed=ctx.seed,
                 init_seed=(
                     fcmi.DETERMINISTIC_SEED
@@ -260,6 +284,49 @@ class FcmiRunner(Runner):
                 ),
             )
         return settings
+
+
+def _result_row(agg: fcmi.Aggregate) -> dict[str, Any]:
+    return {
+        "n": agg.n,
+        "gap_mean": agg.gap_mean,
+        "gap_std": agg.gap_std,
+        "bound_mean": agg.bound_mean,
+        "bound_std": agg.bound_std,
+        "train_acc": agg.train_accuracy,
+        "test_acc": agg.heldout_accuracy,
+        "units": agg.units,
+    }
+
+
+def _plot_epochs(rows: list[dict[str, Any]], estimator: fcmi.MiEstimator) -> bytes:
+    """Bound (solid) and gap (dashed) vs epoch, one colour per n, mean ± std over
+    supersamples. -> PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.6, 3.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    label = "bound" if estimator is fcmi.MiEstimator.PLUGIN else "bound (bias-corrected)"
+    for i, n in enumerate(sorted({int(r["n"]) for r in rows})):
+        mine = sorted((r for r in rows if int(r["n"]) == n), key=lambda r: int(r["epoch"]))
+        ep = np.array([r["epoch"] for r in mine], dtype=np.float64)
+        color = f"C{i % 10}"
+        for key, style, what in (("bound", "-o", label), ("gap", "--s", "gap")):
+            mean = np.array([r[f"{key}_mean"] for r in mine])
+            std = np.array([r[f"{key}_std"] for r in mine])
+            ax.plot(ep, mean, style, color=color, markersize=3, label=f"{what}, n = {n}")
+            ax.fill_between(ep, mean - std, mean + std, color=color, alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error (0-1 loss)")
+    ax.set_ylim(bottom=0.0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def _plot(results: list[dict[str, Any]], estimator: fcmi.MiEstimator) -> bytes:
