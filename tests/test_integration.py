@@ -176,6 +176,30 @@ def test_fanout_units_are_shared_across_different_jobs(api: Any, worker: WorkerP
     assert done["progress"] == {"done": 3, "total": 3}
 
 
+def test_fanout_units_are_not_shared_across_tenants(api: Any, worker: WorkerProcess) -> None:
+    """The unit cache is per tenant: another tenant's identical job trains its own units
+    (it must not learn that someone ran the same request)."""
+    from contracts.jobs import request_fingerprint
+
+    first = api.post("/v1/jobs", json=FCMI).json()
+    assert wait_for_state(api, first["id"], ("succeeded", "failed"), timeout=300)["state"] == "succeeded"
+    gateway = api.app.state.gateway
+    request = {**first["request"]}
+    row = gateway.store.create_job(
+        kind="fcmi-bound", request=request, fingerprint=request_fingerprint(request), tenant="someone-else"
+    )
+    gateway.send(row["id"])
+    wait_until(
+        lambda: (gateway.store.get_job(row["id"]) or {}).get("state") in ("succeeded", "failed"),
+        300,
+        what="the other tenant's job",
+    )
+    other = gateway.store.get_job(row["id"])
+    assert other is not None and other["state"] == "succeeded", other
+    assert other["summary"]["results"] == gateway.store.get_job(first["id"])["summary"]["results"]
+    assert f"job {row['id']} fans out: 2 units, 0 cached" in worker.log()
+
+
 def test_killing_one_of_two_workers_during_a_fanout_job(
     api: Any, environment: Environment, tmp_path: Path
 ) -> None:

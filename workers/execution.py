@@ -39,6 +39,12 @@ log = logging.getLogger("infoscore.worker")
 SendTask = Callable[..., Any]
 
 
+
+def _unit_scope(runner: Any, job: dict[str, Any]) -> str:
+    """Unit cache keys are per tenant: a tenant never finds, and so never learns about,
+    units another tenant's jobs computed."""
+    return f"{job['tenant']}/{runner.unit_scope(job['fingerprint'])}"
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -273,7 +279,7 @@ class Executor:
         units = runner.plan(ctx)
         rows = []
         for unit in units:
-            key = unit.key(runner.unit_scope(job["fingerprint"]))
+            key = unit.key(_unit_scope(runner, job))
             cached = self._unit_cached(key)
             if not cached:
                 # The unit's own params beside its cache entry: run_unit reads them instead
@@ -303,7 +309,7 @@ class Executor:
         still hash to the unit's key, else from the job's plan."""
         from workers.runners.base import Unit
 
-        scope = runner.unit_scope(job["fingerprint"])
+        scope = _unit_scope(runner, job)
         row = next((u for u in self.store.units(job["id"]) if u["name"] == name), None)
         if row is not None:
             path = self._unit_params_path(row["key"])
@@ -358,7 +364,7 @@ class Executor:
         runner = get_runner(job["kind"])
         ctx = self._context(job, workdir, hb)
         unit = self._load_unit(job, name, runner, ctx)
-        key = unit.key(runner.unit_scope(job["fingerprint"]))
+        key = unit.key(_unit_scope(runner, job))
         if not self._unit_cached(key):
             ctx.progress = lambda d, t: None  # job progress counts units, not unit steps
             result = runner.run_unit(ctx, unit)
