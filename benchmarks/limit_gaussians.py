@@ -132,7 +132,19 @@ def main() -> None:
                 "LIMIT wall s": f"{time.perf_counter() - w:.0f}",
                 "LIMIT cpu s": f"{time.process_time() - c:.0f}",
             }
-            print({k: v for k, v in row.items()}, flush=True)
+            every = max(1, len(rec.curves["epoch"]) // 6)
+            trace = ", ".join(
+                f"{int(e)}: {t:.3f}/{r:.3f}"
+                for e, t, r in zip(
+                    rec.curves["epoch"],
+                    rec.curves["test_accuracy"],
+                    rec.curves["train_accuracy_noisy"],
+                    strict=True,
+                )
+                if int(e) % every == 0
+            )
+            print(f"LIMIT test/noisy-train by epoch: {trace}", flush=True)
+            print(row, flush=True)
             if not args.no_baseline:
                 w = time.perf_counter()
                 _, ce = limit.train_cross_entropy(
