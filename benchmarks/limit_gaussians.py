@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--patience", type=int, default=None)
+    parser.add_argument("--lamb", type=float, default=None, help="turns sample_from_q on with this precision")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     args = parser.parse_args()
@@ -91,6 +92,8 @@ def main() -> None:
             "lr": args.lr,
             "batch_size": args.batch_size,
             "patience": args.patience,
+            "lamb": args.lamb,
+            "sample_from_q": True if args.lamb is not None else None,
         }.items()
         if v is not None
     }
