@@ -458,12 +458,14 @@ class EpochTracker:
     """Evaluates a classifier after each epoch and keeps the best-validation weights.
 
     ``patience`` P: :attr:`exhausted` turns true once P epochs have passed since the best
-    validation accuracy (ties do not count as better); never without validation rows.
+    validation accuracy (ties do not count as better) and since epoch ``patience_start``
+    (LIMIT's warm-up, whose frozen classifier cannot improve); never without validation rows.
     """
 
-    def __init__(self, data: SplitData, patience: int | None = None) -> None:
+    def __init__(self, data: SplitData, patience: int | None = None, patience_start: int = 0) -> None:
         self.data = data
         self.patience = patience
+        self.patience_start = patience_start
         self.record = TrainingRecord()
         keys = ["epoch", "train_accuracy_noisy", "validation_accuracy", "test_accuracy"]
         if data.y_clean is not None:
@@ -497,7 +499,7 @@ class EpochTracker:
         """Patience ran out: stop training (always False without patience or validation rows)."""
         if self.patience is None or self.data.val_idx.numel() == 0 or self.record.best_epoch == 0:
             return False
-        return self.record.epochs_run - self.record.best_epoch >= self.patience
+        return self.record.epochs_run - max(self.record.best_epoch, self.patience_start) >= self.patience
 
 
 class _PatienceExhausted(Exception):
@@ -673,7 +675,7 @@ def train_limit(
     opt = make_optimizer("adam", [*classifier.parameters(), *q_network.parameters()], lr=cfg.lr)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     noise_gen = torch.Generator().manual_seed(cfg.seed + NOISE_SEED_OFFSET)
-    tracker = EpochTracker(data, cfg.patience)
+    tracker = EpochTracker(data, cfg.patience, patience_start=cfg.warm_up)
     x_fit, y_fit = data.x[data.fit_idx], data.y_noisy[data.fit_idx]
     total = progress_total if progress_total is not None else cfg.epochs
     with seeded_global_rng(cfg.seed + DROPOUT_SEED_OFFSET, device):

@@ -324,6 +324,15 @@ def test_patience_only_truncates_training(noisy_digits: data.Dataset) -> None:
     assert ce.curves == {k: v[: ce.epochs_run] for k, v in ce_full.curves.items()}
 
 
+def test_patience_waits_for_the_end_of_warm_up(noisy_digits: data.Dataset) -> None:
+    # The classifier is frozen for 4 epochs: its validation accuracy cannot improve there.
+    split = limit.split_from_dataset(noisy_digits, seed=5)
+    cfg = limit.LimitConfig(epochs=12, seed=5, lr=1e-2, warm_up=4, patience=1)
+    rec = limit.train_limit({"arch": "mlp", "hidden": [16]}, split, cfg).record
+    assert rec.epochs_run >= 5
+    assert rec.stopped_epoch is None or rec.stopped_epoch == max(rec.best_epoch, 4) + 1
+
+
 def test_patience_is_off_without_validation_rows(noisy_digits: data.Dataset) -> None:
     split = limit.split_from_dataset(noisy_digits, validation_fraction=0.0, seed=5)
     cfg = limit.LimitConfig(epochs=6, seed=5, lr=1e-2, patience=1)
