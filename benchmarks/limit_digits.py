@@ -17,6 +17,7 @@ import argparse
 import platform
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,43 @@ def _mae_loss(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch
     return (2.0 * (1.0 - torch.softmax(logits, 1).gather(1, y[:, None]))).mean()
 
 
+def ceilings(ds: data.Dataset, split: limit.SplitData) -> list[dict[str, str]]:
+    """Non-neural ceilings on the same split: logistic regression and kNN fitted on the
+    noisy labels of the fitting rows, for a grid of C / k; the row picked by the noisy
+    validation accuracy (what a user could do) and the range over the grid (an oracle
+    upper end: picked on the clean test set)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    fit, val = split.fit_idx.numpy(), split.val_idx.numpy()
+    x_fit, y_fit = ds.x_train[fit], ds.y_train[fit]
+    x_val, y_val = ds.x_train[val], ds.y_train[val]
+    grids: list[tuple[str, list[tuple[str, Any]]]] = [
+        (
+            "logistic regression",
+            [(f"C = {c:g}", LogisticRegression(C=c, max_iter=5000)) for c in (0.001, 0.01, 0.1, 1.0, 10.0)],
+        ),
+        ("kNN", [(f"k = {k}", KNeighborsClassifier(n_neighbors=k)) for k in (1, 5, 15, 50, 100, 200)]),
+    ]
+    rows = []
+    for name, grid in grids:
+        scored = []
+        for label, model in grid:
+            model.fit(x_fit, y_fit)
+            scored.append((float(model.score(x_val, y_val)), float(model.score(ds.x_test, ds.y_test)), label))
+        val_pick = max(scored, key=lambda t: t[0])
+        tests = [t[1] for t in scored]
+        rows.append(
+            {
+                "ceiling": name,
+                "picked on noisy validation": f"{val_pick[2]}: test {val_pick[1]:.3f}",
+                "test range over the grid": f"{min(tests):.3f}–{max(tests):.3f}",
+                "grid": ", ".join(f"{t[2]}: {t[1]:.3f}" for t in scored),
+            }
+        )
+    return rows
+
+
 def run(noise: float, args: argparse.Namespace) -> list[dict[str, Any]]:
     ds = data.load_digits(label_noise=noise, seed=args.data_seed)
     assert ds.noisy_mask is not None
@@ -76,6 +114,10 @@ def run(noise: float, args: argparse.Namespace) -> list[dict[str, Any]]:
         f"flipped = {ds.noisy_mask.mean():.3f}; Fano r0(I=0) = {limit.fano_min_error(law):.3f}",
         flush=True,
     )
+    ceiling_rows = ceilings(ds, split)
+    print(f"\n### ceilings, p = {noise}\n\n{to_markdown(list(ceiling_rows))}\n", flush=True)
+    if args.ceilings_only:
+        return []
     for q_law in args.laws:
         for beta in args.betas:
             t = time.perf_counter()
@@ -124,7 +166,7 @@ def run(noise: float, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def to_markdown(rows: list[dict[str, Any]]) -> str:
+def to_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
@@ -140,6 +182,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--seed", type=int, default=0, help="init, split and data-order seed")
     parser.add_argument("--data-seed", type=int, default=0, help="test split and label-noise seed")
+    parser.add_argument("--ceilings-only", action="store_true", help="only logistic regression and kNN")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(
@@ -149,7 +192,8 @@ def main() -> None:
     )
     for noise in args.noise:
         rows = run(noise, args)
-        print(f"\n### p = {noise}\n\n{to_markdown(rows)}\n", flush=True)
+        if rows:
+            print(f"\n### p = {noise}\n\n{to_markdown(rows)}\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -51,9 +51,26 @@ class LimitParams(Strict):
         default=False, description="update the classifier with a sample around g_hat instead of g_hat"
     )
     warm_up: int = Field(default=0, ge=0, le=5000, description="epochs training q alone, classifier frozen")
+    lamb: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1e6,
+        description="precision of the sample_from_q noise: Gaussian sigma = sqrt(1/(2 lamb)), Laplace scale 1/lamb",
+    )
+    patience: int | None = Field(
+        default=None,
+        ge=1,
+        le=5000,
+        description="stop after this many epochs without a better validation accuracy (null = run all epochs)",
+    )
 
     @model_validator(mode="after")
     def _warm_up_leaves_training(self) -> LimitParams:
         if self.warm_up >= self.epochs:
             raise ValueError(f"warm_up must be less than epochs ({self.epochs}). Got {self.warm_up} instead.")
+        if self.lamb != 1.0 and not self.sample_from_q:
+            raise ValueError(
+                f"lamb scales the sample_from_q noise: set sample_from_q to true or leave lamb at 1. "
+                f"Got lamb = {self.lamb} with sample_from_q = false instead."
+            )
         return self

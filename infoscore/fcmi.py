@@ -19,8 +19,13 @@ Estimation, per supersample, from its k2 units:
 
 * pair symbol u_i = K * yhat_{i,0} + yhat_{i,1};
 * plug-in MI Î_i of (S_i, u_i) over the k2 draws, clipped at 0 (``MiEstimator.PLUGIN``),
-  or Miller-Madow Î_i - (|S_obs| - 1)(|U_obs| - 1) / (2 k2), clipped at 0
-  (``MiEstimator.MILLER_MADOW``, "bias-corrected": not a guaranteed bound);
+  or Miller-Madow (``MiEstimator.MILLER_MADOW``, "bias-corrected": not a guaranteed
+  bound): the Miller-Madow correction Ĥ + (m - 1)/(2 k2) applied to each entropy of
+  Î = H(S) + H(U) - H(S, U), m the number of observed symbols, i.e.
+  Î_MM = Î + (m_S + m_U - m_SU - 1) / (2 k2), clipped at 0. When S and u are independent
+  and every (s, u) combination is observed (m_SU = m_S m_U) the correction is
+  -(m_S - 1)(m_U - 1)/(2 k2); when u determines S (memorization, m_SU = m_U) it is
+  +(m_S - 1)/(2 k2), a raise, not a cut;
 * bound = (1/n) Σ_i sqrt(2 Î_i); gap = mean over the k2 units of (train acc - held-out acc).
 
 Seeds of a unit (``unit_seeds``):
@@ -59,7 +64,7 @@ class MiEstimator(StrEnum):
     """How Î(S_i; u_i) is estimated from k2 draws."""
 
     PLUGIN = "plugin"  # default: the official estimator, the only one comparable with published numbers
-    MILLER_MADOW = "miller_madow"  # subtracts the first-order bias; labelled "bias-corrected"
+    MILLER_MADOW = "miller_madow"  # Miller-Madow on each entropy of Î; labelled "bias-corrected"
 
 
 class Learner(StrEnum):
@@ -83,7 +88,8 @@ class SupersampleEstimate:
     """Estimates from the k2 units of one supersample.
 
     mi (n,) nats per pair (after clipping and, if asked, bias correction) ·
-    bias (n,) the Miller-Madow term (|S_obs| - 1)(|U_obs| - 1) / (2 k2) per pair, nats ·
+    bias (n,) the plug-in bias Miller-Madow estimates, (m_SU - m_S - m_U + 1) / (2 k2)
+    per pair, nats (negative where u determines S) ·
     bound = mean(sqrt(2 mi)) · gap = mean over k2 of train acc - held-out acc.
     """
 
@@ -471,18 +477,33 @@ def plugin_mi(selectors: np.ndarray, symbols: np.ndarray) -> np.ndarray:
 
 
 def miller_madow_term(selectors: np.ndarray, symbols: np.ndarray) -> np.ndarray:
-    """(|S_obs| - 1)(|U_obs| - 1) / (2 k2) per pair, nats. (k2, n) -> (n,)."""
+    """The plug-in MI's first-order bias per pair, nats: (m_SU - m_S - m_U + 1) / (2 k2).
+
+    (k2, n) -> (n,). m_S, m_U, m_SU = observed symbols of S_i, u_i and the pair (S_i, u_i)
+    over the k2 draws. Each plug-in entropy is low by about (m - 1)/(2 k2) (Miller-Madow),
+    so Î = Ĥ(S) + Ĥ(U) - Ĥ(S, U) is high by this term, and the corrected
+    Î_MM = Î - term. Positive when S and u look independent (all m_S·m_U combinations
+    seen: (m_S - 1)(m_U - 1)/(2 k2)), negative when u determines S (m_SU = m_U:
+    -(m_S - 1)/(2 k2)).
+    """
     s, u = _check_draws(selectors, symbols, "miller_madow_term")
     k2 = s.shape[0]
     _, s_distinct = _counts(s)
     _, u_distinct = _counts(u)
-    return (s_distinct - 1) * (u_distinct - 1) / (2.0 * k2)
+    # One code per (s, u): s takes few values, u is shifted past its largest value.
+    u_shifted = u - u.min()
+    joint = s * (int(u_shifted.max()) + 1) + u_shifted
+    _, joint_distinct = _counts(joint)
+    return (joint_distinct - s_distinct - u_distinct + 1) / (2.0 * k2)
 
 
 def estimate_mi(
     selectors: np.ndarray, symbols: np.ndarray, estimator: MiEstimator | str = MiEstimator.PLUGIN
 ) -> np.ndarray:
-    """Per-pair MI (n,) in nats with ``estimator`` (see :class:`MiEstimator`), clipped at 0."""
+    """Per-pair MI (n,) in nats with ``estimator`` (see :class:`MiEstimator`), clipped at 0.
+
+    ``miller_madow``: Î_MM = Î + (m_S + m_U - m_SU - 1)/(2 k2) (see :func:`miller_madow_term`).
+    """
     estimator = MiEstimator(estimator)
     mi = plugin_mi(selectors, symbols)
     if estimator is MiEstimator.MILLER_MADOW:

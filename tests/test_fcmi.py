@@ -79,12 +79,75 @@ def test_plugin_mi_selector_determines_symbol_is_log2() -> None:
 
 
 def test_miller_madow_hand_value() -> None:
-    # joint counts (0,0) (0,1) (1,0) (1,2) once each: Î = log(2)/2; |S|=2, |U|=3, k2=4.
+    # joint counts (0,0) (0,1) (1,0) (1,2) once each: Î = log(2)/2; m_S = 2, m_U = 3,
+    # m_SU = 4, k2 = 4: correction (2 + 3 - 4 - 1)/8 = 0 (the old (m_S-1)(m_U-1)/(2k2) cut 0.25).
     s = np.array([0, 0, 1, 1])
     u = np.array([0, 1, 0, 2])
     assert fcmi.plugin_mi(s, u)[0] == pytest.approx(math.log(2) / 2, abs=1e-12)
-    assert fcmi.miller_madow_term(s, u)[0] == pytest.approx(0.25)
-    assert fcmi.estimate_mi(s, u, "miller_madow")[0] == pytest.approx(math.log(2) / 2 - 0.25, abs=1e-12)
+    assert fcmi.miller_madow_term(s, u)[0] == pytest.approx(0.0, abs=1e-15)
+    assert fcmi.estimate_mi(s, u, "miller_madow")[0] == pytest.approx(math.log(2) / 2, abs=1e-12)
+
+
+def _entropy_mm(values: np.ndarray) -> float:
+    """Reference: Miller-Madow entropy of one column, Ĥ + (m - 1)/(2 k2), nats."""
+    _, counts = np.unique(values, return_counts=True)
+    p = counts / values.size
+    return float(-(p * np.log(p)).sum() + (counts.size - 1) / (2 * values.size))
+
+
+def test_miller_madow_is_the_entropy_correction_per_column() -> None:
+    # Reference built entropy by entropy: Î_MM = H_MM(S) + H_MM(U) - H_MM(S, U), clipped at 0.
+    rng = np.random.default_rng(5)
+    s = rng.integers(0, 2, size=(12, 40))
+    u = np.where(rng.random((12, 40)) < 0.5, 3 * s, rng.integers(0, 6, size=(12, 40))) + 7
+    got = fcmi.estimate_mi(s, u, "miller_madow")
+    for i in range(s.shape[1]):
+        joint = s[:, i] * 1000 + u[:, i]
+        ref = _entropy_mm(s[:, i]) + _entropy_mm(u[:, i]) - _entropy_mm(joint)
+        assert got[i] == pytest.approx(max(ref, 0.0), abs=1e-12)
+
+
+def test_miller_madow_memorizing_pair_is_raised_not_cut() -> None:
+    # u determines S with 2 symbols: m_S = m_U = m_SU = 2, correction +1/(2 k2).
+    s = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    u = 7 * s + 3
+    assert fcmi.miller_madow_term(s, u)[0] == pytest.approx(-1 / 16)
+    assert fcmi.estimate_mi(s, u, "miller_madow")[0] == pytest.approx(math.log(2) + 1 / 16, abs=1e-12)
+
+
+def _simulated_cases(k2: int = 30, repeats: int = 4000, seed: int = 14) -> dict[str, np.ndarray]:
+    """Issue 14's simulation: each column one repeat, S ~ Bernoulli(1/2) over k2 draws."""
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, 2, size=(k2, repeats))
+    return {
+        "s": s,
+        "independent, 4 symbols": rng.integers(0, 4, size=(k2, repeats)),
+        "memorizing, u = S": s.copy(),
+        "memorizing, 4 symbols": 2 * s + rng.integers(0, 2, size=(k2, repeats)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "true_mi", "plugin", "corrected"),
+    [
+        ("independent, 4 symbols", 0.0, 0.057, 0.023),
+        ("memorizing, u = S", math.log(2), 0.677, 0.693),
+        ("memorizing, 4 symbols", math.log(2), 0.677, 0.693),
+    ],
+)
+def test_miller_madow_reproduces_issue_simulation(
+    case: str, true_mi: float, plugin: float, corrected: float
+) -> None:
+    # k2 = 30, 4,000 repeats (issue 14). The old rule (subtract (m_S-1)(m_U-1)/(2k2)) gave
+    # 0.021 / 0.660 / 0.626: it over-corrects exactly when the pair is memorized.
+    cases = _simulated_cases()
+    s, u = cases["s"], cases[case]
+    plug = fcmi.estimate_mi(s, u, "plugin").mean()
+    mm = fcmi.estimate_mi(s, u, "miller_madow").mean()
+    assert plug == pytest.approx(plugin, abs=0.004)
+    assert mm == pytest.approx(corrected, abs=0.004)
+    if true_mi > 0:
+        assert abs(mm - true_mi) < abs(plug - true_mi)  # less biased where the bound matters
 
 
 def test_miller_madow_clips_at_zero() -> None:
@@ -435,7 +498,7 @@ def test_end_to_end_linear_bound_above_gap_and_1nn_control_high(tmp_path: Path) 
             assert r["units"] == 2 * 10
             assert r["bound_mean"] >= r["gap_mean"]
         assert out.summary["mi_estimator"] == "plugin"
-        assert out.summary["bias_estimate"] > 0
+        assert math.isfinite(out.summary["bias_estimate"])
         assert out.files["bound.png"][:8] == b"\x89PNG\r\n\x1a\n"  # type: ignore[index]
         table = list(csv.DictReader(io.StringIO(out.files["mi.csv"].decode())))  # type: ignore[union-attr]
         assert list(table[0]) == ["n", "supersample", "pair", "mi"]
@@ -444,6 +507,9 @@ def test_end_to_end_linear_bound_above_gap_and_1nn_control_high(tmp_path: Path) 
     lin = {r["n"]: r for r in linear.summary["results"]}
     nn = {r["n"]: r for r in control.summary["results"]}
     assert lin[80]["bound_mean"] < 0.5
+    # Miller-Madow's estimate of the plug-in bias: upward for the regularized learner, and
+    # negative (the plug-in is low) for the memorizing control, whose u determines S.
+    assert linear.summary["bias_estimate"] > 0 > control.summary["bias_estimate"]
     for n in (20, 80):
         assert nn[n]["train_acc"] == 1.0
         assert nn[n]["bound_mean"] > 0.5
@@ -460,7 +526,8 @@ def test_bias_corrected_and_experimental_outputs(tmp_path: Path) -> None:
     )
     assert mm.summary["mi_estimator"] == "miller_madow"
     assert "bias-corrected" in mm.summary["mi_estimator_label"]
-    assert mm.summary["results"][0]["bound_mean"] < plug.summary["results"][0]["bound_mean"]
+    # 1-NN memorizes (u determines S): Miller-Madow raises the plug-in MI, it does not cut it.
+    assert mm.summary["results"][0]["bound_mean"] > plug.summary["results"][0]["bound_mean"]
     assert "experimental" not in plug.summary
     exp = mm.summary["experimental"]
     assert "unverified" in exp["label"]

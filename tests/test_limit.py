@@ -188,6 +188,28 @@ def test_q_sampling_noise_has_the_law_variance(law: limit.QLaw, variance: float)
     assert float(noise.var()) == pytest.approx(variance, rel=0.03)
 
 
+@pytest.mark.parametrize(
+    ("law", "lamb", "variance"),
+    [
+        (limit.QLaw.GAUSSIAN, 25.0, 1 / 50),  # sigma² = 1/(2 lamb)
+        (limit.QLaw.GAUSSIAN, 0.5, 1.0),
+        (limit.QLaw.LAPLACE, 25.0, 2 / 625),  # scale 1/lamb, variance 2/lamb²
+        (limit.QLaw.LAPLACE, 4.0, 2 / 16),
+    ],
+)
+def test_lamb_sets_the_q_sampling_precision(law: limit.QLaw, lamb: float, variance: float) -> None:
+    noise = limit.sample_q_noise((200_000,), law, torch.Generator().manual_seed(1), lamb)
+    assert abs(float(noise.mean())) < 0.02 * math.sqrt(variance)
+    assert float(noise.var()) == pytest.approx(variance, rel=0.03)
+    # Same generator state, lamb = 1: the draw is the unit-precision one, rescaled.
+    unit = limit.sample_q_noise((200_000,), law, torch.Generator().manual_seed(1))
+    scale = 1 / math.sqrt(lamb) if law is limit.QLaw.GAUSSIAN else 1 / lamb
+    torch.testing.assert_close(noise, unit * scale)
+    with pytest.raises(InvalidInputError) as err:
+        limit.sample_q_noise((3,), law, torch.Generator(), 0.0)
+    assert err.value.param == "lamb"
+
+
 def test_qlaw_values_match_the_contract() -> None:
     assert {m.value for m in limit.QLaw} == set(get_args(QDist))
 
@@ -259,6 +281,65 @@ def test_dropout_runs_are_reproducible_and_leave_the_global_rng_alone(noisy_digi
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_lamb_reaches_the_classifier_update(noisy_digits: data.Dataset) -> None:
+    split = limit.split_from_dataset(noisy_digits, validation_fraction=0.0, seed=3)
+    spec = {"arch": "mlp", "hidden": [16]}
+
+    def weights(**kw: object) -> torch.Tensor:
+        cfg = limit.LimitConfig(epochs=2, seed=3, **kw)  # type: ignore[arg-type]
+        net = limit.train_limit(spec, split, cfg).classifier  # no validation: the last epoch
+        return torch.cat([p.detach().ravel() for p in net.parameters()])
+
+    plain = weights()
+    # Huge precision: the sampled update is the mean update (up to float rounding).
+    torch.testing.assert_close(weights(sample_from_q=True, lamb=1e12), plain, atol=1e-4, rtol=0)
+    unit_noise = weights(sample_from_q=True)
+    small_noise = weights(sample_from_q=True, lamb=50.0)
+    # Adam rescales gradients, so the weights move less than the noise scale (1 vs 1/50).
+    assert (unit_noise - plain).norm() > 2 * (small_noise - plain).norm() > 0
+
+
+def test_patience_only_truncates_training(noisy_digits: data.Dataset) -> None:
+    split = limit.split_from_dataset(noisy_digits, seed=5)
+    spec = {"arch": "mlp", "hidden": [16]}
+    epochs = 25
+    full = limit.train_limit(spec, split, limit.LimitConfig(epochs=epochs, seed=5, lr=1e-2)).record
+    progress: list[tuple[int, int]] = []
+    cfg = limit.LimitConfig(epochs=epochs, seed=5, lr=1e-2, patience=2)
+    early = limit.train_limit(spec, split, cfg, progress=lambda d, t: progress.append((d, t))).record
+    assert early.stopped_epoch is not None and early.stopped_epoch < epochs
+    stop = early.stopped_epoch
+    assert stop == early.epochs_run == early.best_epoch + 2 == len(progress)
+    # The run is the full run's first `stop` epochs, then nothing: same curves, same best.
+    assert early.curves == {k: v[:stop] for k, v in full.curves.items()}
+    val = full.curves["validation_accuracy"]
+    assert max(val[:stop]) == early.best_validation_accuracy
+    assert all(v <= early.best_validation_accuracy for v in val[early.best_epoch : stop])
+    assert early.summary()["epochs_run"] == stop and early.summary()["stopped_early"] is True
+    assert full.stopped_epoch is None and full.summary()["stopped_early"] is False
+    # The cross-entropy baseline stops on the same rule.
+    _, ce_full = limit.train_cross_entropy(spec, split, epochs=epochs, lr=1e-2, seed=5)
+    _, ce = limit.train_cross_entropy(spec, split, epochs=epochs, lr=1e-2, seed=5, patience=2)
+    assert ce.stopped_epoch is not None and ce.stopped_epoch == ce.epochs_run == ce.best_epoch + 2
+    assert ce.curves == {k: v[: ce.epochs_run] for k, v in ce_full.curves.items()}
+
+
+def test_patience_waits_for_the_end_of_warm_up(noisy_digits: data.Dataset) -> None:
+    # The classifier is frozen for 4 epochs: its validation accuracy cannot improve there.
+    split = limit.split_from_dataset(noisy_digits, seed=5)
+    cfg = limit.LimitConfig(epochs=12, seed=5, lr=1e-2, warm_up=4, patience=1)
+    rec = limit.train_limit({"arch": "mlp", "hidden": [16]}, split, cfg).record
+    assert rec.epochs_run >= 5
+    assert rec.stopped_epoch is None or rec.stopped_epoch == max(rec.best_epoch, 4) + 1
+
+
+def test_patience_is_off_without_validation_rows(noisy_digits: data.Dataset) -> None:
+    split = limit.split_from_dataset(noisy_digits, validation_fraction=0.0, seed=5)
+    cfg = limit.LimitConfig(epochs=6, seed=5, lr=1e-2, patience=1)
+    rec = limit.train_limit({"arch": "linear"}, split, cfg).record
+    assert rec.epochs_run == 6 and rec.stopped_epoch is None and rec.best_epoch == 6
+
+
 def test_no_validation_and_no_test_rows() -> None:
     gen = np.random.default_rng(0)
     x, y = gen.normal(size=(30, 4)).astype(np.float32), np.arange(30) % 3
@@ -290,6 +371,10 @@ def test_should_stop_cancels(noisy_digits: data.Dataset) -> None:
         (limit.LimitConfig(q_law="cauchy"), "q_dist"),  # type: ignore[arg-type]
         (limit.LimitConfig(epochs=3, warm_up=3), "warm_up"),
         (limit.LimitConfig(seed=-1), "seed"),
+        (limit.LimitConfig(lamb=0.0), "lamb"),
+        (limit.LimitConfig(lamb=math.inf), "lamb"),
+        (limit.LimitConfig(patience=0), "patience"),
+        (limit.LimitConfig(patience=2.5), "patience"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_config_raises_naming_the_parameter(config: limit.LimitConfig, param: str) -> None:
@@ -321,11 +406,32 @@ def test_contract_rejects_warm_up_beyond_epochs() -> None:
     with pytest.raises(ValidationError, match="warm_up"):
         LimitParams(epochs=5, warm_up=5)
     defaults, config = LimitParams(), limit.LimitConfig()
-    assert (defaults.q_dist, defaults.beta, defaults.epochs) == (
+    assert (defaults.q_dist, defaults.beta, defaults.epochs, defaults.lr, defaults.batch_size) == (
         config.q_law.value,
         config.beta,
         config.epochs,
+        config.lr,
+        config.batch_size,
     )
+    assert (defaults.lamb, defaults.patience, defaults.warm_up) == (
+        config.lamb,
+        config.patience,
+        config.warm_up,
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"lamb": 10.0}, "lamb"),  # without sample_from_q it would do nothing
+        ({"lamb": 0.0, "sample_from_q": True}, "lamb"),
+        ({"patience": 0}, "patience"),
+    ],
+)
+def test_contract_rejects_bad_lamb_and_patience(params: dict, field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        LimitParams(**params)
+    assert LimitParams(lamb=10.0, sample_from_q=True, patience=100).lamb == 10.0
 
 
 # --------------------------------------------------------------------------- runner
@@ -380,6 +486,21 @@ def test_runner_output_contract(tmp_path: Path) -> None:
     weights = load_file(str(out.files["model.safetensors"]))
     assert weights["1.weight"].shape == (32, 64)
     assert ctx.progress_log[-1] == (6, 6)  # type: ignore[attr-defined]
+    assert s["settings"]["lamb"] == 1.0 and s["settings"]["patience"] is None
+    assert s["epochs_run"] == 3 and s["stopped_early"] is False and s["baseline"]["epochs_run"] == 3
+
+
+def test_runner_passes_lamb_and_patience(tmp_path: Path) -> None:
+    params = {"epochs": 12, "patience": 1, "sample_from_q": True, "lamb": 20.0, "lr": 0.05}
+    out = LimitRunner().run(
+        make_context(_request({"builtin": "digits", "label_noise": 0.5}, **params), tmp_path)
+    )
+    s = out.summary
+    assert s["settings"]["lamb"] == 20.0 and s["settings"]["patience"] == 1
+    assert s["settings"]["patience_active"] is True
+    for rec in (s, s["baseline"]):
+        assert rec["stopped_early"] is True and rec["epochs_run"] == rec["best_epoch"] + 1 < 12
+    assert len(s["curves"]["epoch"]) == s["epochs_run"]
 
 
 def test_runner_fano_null_without_a_known_law(tmp_path: Path) -> None:

@@ -39,11 +39,11 @@ log = logging.getLogger("infoscore.worker")
 SendTask = Callable[..., Any]
 
 
-
 def _unit_scope(runner: Any, job: dict[str, Any]) -> str:
     """Unit cache keys are per tenant: a tenant never finds, and so never learns about,
     units another tenant's jobs computed."""
     return f"{job['tenant']}/{runner.unit_scope(job['fingerprint'])}"
+
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"

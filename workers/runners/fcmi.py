@@ -223,7 +223,7 @@ class FcmiRunner(Runner):
             "mi_estimator": estimator.value,
             "mi_estimator_label": MI_LABELS[estimator],
             "units_of_information": "nats",
-            # Mean over pairs of the first-order plug-in bias (|S_obs|-1)(|U_obs|-1)/(2 k2), nats per pair.
+            # Mean over pairs of the plug-in bias Miller-Madow estimates, (m_SU - m_S - m_U + 1)/(2 k2), nats per pair.
             "bias_estimate": float(np.mean([b["bias_estimate"] for b in bias_by_n])),
             "bias_estimate_by_n": bias_by_n,
             "seconds": unit_seconds + (time.perf_counter() - start),

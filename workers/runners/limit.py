@@ -133,6 +133,8 @@ class LimitRunner(Runner):
             sample_from_q=params.sample_from_q,
             warm_up=params.warm_up,
             seed=ctx.seed,
+            lamb=params.lamb,
+            patience=params.patience,
         ).validated("limit")
         total = config.epochs * (2 if params.baseline else 1)
         result = lim.train_limit(
@@ -155,6 +157,7 @@ class LimitRunner(Runner):
                 lr=config.lr,
                 batch_size=config.batch_size,
                 seed=ctx.seed,
+                patience=config.patience,
                 progress=ctx.progress,
                 progress_offset=config.epochs,
                 progress_total=total,
@@ -229,12 +232,21 @@ class LimitRunner(Runner):
                 "clean_validation": params.clean_validation,
                 "sample_from_q": config.sample_from_q,
                 "warm_up": config.warm_up,
+                "lamb": config.lamb,
+                "patience": config.patience,
+                "patience_active": config.patience is not None and data.val_idx.numel() > 0,
                 "seed": ctx.seed,
                 "device": str(ctx.device),
                 "label_noise_score": "L1 norm ||e_y - softmax(q(x))||_1 = 2(1 - s_q[y]), final q-network",
                 "predicted_label": "argmax f(x), best-validation classifier (model.safetensors)",
                 "scored_rows": "all training rows, validation rows included (q never trained on those)",
                 "checkpoint": "model.safetensors holds the best-validation classifier",
+                "early_stopping": (
+                    "best-validation checkpoint; training stops after `patience` epochs without a better "
+                    "validation accuracy"
+                    if config.patience is not None and data.val_idx.numel() > 0
+                    else "best-validation checkpoint (last epoch without validation rows); all epochs run"
+                ),
             },
             "seconds": time.perf_counter() - started,
         }
