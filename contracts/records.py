@@ -63,6 +63,7 @@ class DatasetRecord(BaseModel):
     filename: str | None = None
     size_bytes: int
     created_at: datetime
+    lineage: dict[str, Any] | None = None  # derived datasets: source dataset, job, apply, counts
 
 
 class JobList(BaseModel):

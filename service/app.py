@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from contracts import tasks as names
 from contracts.estimate import Estimate, Shape, builtin_shape, estimate
 from contracts.jobs import JOB_KINDS, JobRequest, request_fingerprint
+from contracts.label_issues import DeriveRequest
 from contracts.problems import PROBLEM_MEDIA_TYPE, problem
 from contracts.records import DatasetRecord, JobList, JobRecord, JobState, ResultPage
 from store.artifacts import ArtifactStore, valid_artifact_name
@@ -355,6 +356,22 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         record = gw.store.get_dataset(dataset_id, tenant) if len(dataset_id) < 80 else None
         if record is None:
             raise ProblemError(404, f"No dataset with id {dataset_id!r}.", type_="not-found")
+        return DatasetRecord(**record)
+
+    @app.post("/v1/datasets:derive", status_code=201, response_model=DatasetRecord, tags=["datasets"])
+    def derive_dataset(
+        body: Annotated[DeriveRequest, Body()], gw: GatewayDep, tenant: TenantDep, response: Response
+    ) -> DatasetRecord:
+        """A new dataset from a succeeded label-issues job (docs/jobs/label-issues.md)."""
+        from .derive import derive_dataset as derive
+
+        try:
+            record, created = derive(gw, body, tenant)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        if not created:
+            response.status_code = 200
+        response.headers["Location"] = f"/v1/datasets/{record['id']}"
         return DatasetRecord(**record)
 
     # --------------------------------------------------------------- jobs

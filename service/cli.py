@@ -1,5 +1,5 @@
 """The ``infoscore`` command: ``up`` (embedded mode), ``api`` and ``worker`` (one role
-each, configured by ``INFOSCORE_*`` environment variables), and ``upload``, ``submit``,
+each, configured by ``INFOSCORE_*`` environment variables), and ``upload``, ``derive``, ``submit``,
 ``status``, ``wait``, ``result`` against a running API."""
 
 from __future__ import annotations
@@ -138,6 +138,20 @@ def worker(
 def upload(path: Path, url: UrlOpt = "http://127.0.0.1:8000", api_key: KeyOpt = None) -> None:
     """Upload a dataset (npz, CSV or Parquet); prints its record with the id."""
     _print_json(_client(url, api_key).upload_dataset(path))
+
+
+@app.command()
+@_api_errors
+def derive(
+    job_id: str,
+    apply: Annotated[
+        str, typer.Option(help="drop | relabel | drop-and-relabel (see docs/jobs/label-issues.md)")
+    ] = "drop-and-relabel",
+    url: UrlOpt = "http://127.0.0.1:8000",
+    api_key: KeyOpt = None,
+) -> None:
+    """Derive a cleaned dataset from a succeeded label-issues job; prints its record."""
+    _print_json(_client(url, api_key).derive(job_id, apply))
 
 
 @app.command()
