@@ -90,6 +90,51 @@ def cleanlab_rows(ds: isdata.Dataset, seed: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+def stability(args: argparse.Namespace) -> None:
+    """Same noisy data (data seed 0), model seeds ``--seeds``: flags per seed and the
+    pairwise Jaccard overlap of the flag sets, for each infoscore method asked."""
+    torch.set_num_threads(args.threads)
+    print(f"flag stability across model seeds {args.seeds}, data seed 0, MLP {SPEC['hidden']}")
+    print("| dataset | noise | method | seed | AUROC | flag P | flag R | n flags |")
+    print("|---|---|---|---|---|---|---|---|")
+    summary = []
+    for name in args.datasets:
+        for spec in args.noise:
+            kind, rate_s = spec.split(":")
+            ds = load(name, kind, float(rate_s), 0)
+            assert ds.y_train_clean is not None
+            noisy = ds.y_train_clean != ds.y_train
+            for method in args.methods:
+                flag_sets = []
+                for seed in args.seeds:
+                    res = find_label_issues(
+                        SPEC,
+                        ds.x_train,
+                        ds.y_train,
+                        n_classes=ds.n_classes,
+                        config=LabelIssuesConfig(method=method, seed=seed),
+                    )
+                    det = detection(res.is_label_issue, res.label_quality, noisy)
+                    flag_sets.append(set(np.flatnonzero(res.is_label_issue).tolist()))
+                    print(
+                        f"| {name} | {spec} | {method} | {seed} | {det['auroc']:.4f} | {det['precision']:.3f} "
+                        f"| {det['recall']:.3f} | {res.n_issues} |",
+                        flush=True,
+                    )
+                pairs = [
+                    len(a & b) / max(len(a | b), 1)
+                    for i, a in enumerate(flag_sets)
+                    for b in flag_sets[i + 1 :]
+                ]
+                summary.append((name, spec, method, min(pairs), float(np.mean(pairs))))
+    print("\n| dataset | noise | method | Jaccard of flag sets, min / mean over seed pairs |")
+    print("|---|---|---|---|")
+    for name, spec, method, lo, mean in summary:
+        print(f"| {name} | {spec} | {method} | {lo:.3f} / {mean:.3f} |")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak RSS {peak:.0f} MiB")
+
+
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     print(
@@ -223,7 +268,15 @@ def main() -> None:
     parser.add_argument("--limit-cv", action="store_true", help="also run 5-fold LIMIT (5 LIMIT trainings)")
     parser.add_argument("--no-cleanlab", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
-    run(parser.parse_args())
+    parser.add_argument(
+        "--stability", action="store_true", help="flag stability across model seeds on one noisy draw"
+    )
+    parser.add_argument("--methods", nargs="+", default=["limit"], help="methods for --stability")
+    args = parser.parse_args()
+    if args.stability:
+        stability(args)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":
