@@ -367,3 +367,50 @@ def test_a_tenant_cannot_derive_from_another_tenants_job(
         # Tenant alpha gets past the tenant check (its job has no artifacts here: 409 naming them).
         r_a = client.post("/v1/datasets:derive", json=body, headers={"Authorization": f"Bearer {key_a}"})
         assert r_a.status_code == 409 and "source.npz" in r_a.json()["detail"]
+
+
+def test_derive_applies_decisions_exactly_to_an_upload(api: Any) -> None:
+    """Hand-written decisions on an uploaded dataset with ids: each apply mode, exactly."""
+    gw = api.app.state.gateway
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 3)).astype(np.float32)
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        x=x,
+        y=np.array([0, 1, 2, 0, 1, 2]),
+        x_test=x[:2],
+        y_test=np.array([0, 1]),
+        ids=np.array(list("abcdef")),
+    )
+    source = api.post("/v1/datasets", files={"file": ("d.npz", buf.getvalue())}).json()
+    req = {**REQUEST, "dataset": source["id"]}
+    job = gw.store.create_job(kind="label-issues", request=req, fingerprint="f")
+    gw.store.claim_job(job["id"], "w", stale_after=60)
+    gw.store.finish(job["id"], "succeeded", summary={}, artifacts=["decisions.csv"])
+    decisions = "index,id,action,new_label\n0,a,keep,\n1,b,drop,\n2,c,relabel,0\n3,d,keep,\n4,e,relabel,2\n5,f,keep,\n"
+    gw.artifacts.write(job["id"], "decisions.csv", decisions.encode())
+    scores = pd.DataFrame({"index": range(6), "suggested_label": [0, 0, 0, 0, 2, 2]})
+    gw.artifacts.write(job["id"], "scores.parquet", scores.to_parquet(index=False))
+
+    def derived(apply: str) -> dict[str, np.ndarray]:
+        r = api.post("/v1/datasets:derive", json={"job": job["id"], "apply": apply})
+        assert r.status_code == 201, r.text
+        with np.load(gw.artifacts.dataset_path(r.json()["id"]), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files} | {"record": r.json()}  # type: ignore[dict-item]
+
+    both = derived("drop-and-relabel")
+    assert both["ids"].tolist() == ["a", "c", "d", "e", "f"]
+    assert both["y"].tolist() == [0, 0, 0, 2, 2]
+    np.testing.assert_array_equal(both["x"], x[[0, 2, 3, 4, 5]])
+    np.testing.assert_array_equal(both["x_test"], x[:2])
+    lineage = both["record"]["lineage"]  # type: ignore[call-overload]
+    assert lineage["source_dataset"] == source["id"] and (lineage["n_dropped"], lineage["n_relabelled"]) == (
+        1,
+        2,
+    )
+    dropped = derived("drop")
+    assert dropped["ids"].tolist() == ["a", "d", "f"] and dropped["y"].tolist() == [0, 0, 2]
+    relabelled = derived("relabel")
+    assert relabelled["ids"].tolist() == list("abcdef")
+    assert relabelled["y"].tolist() == [0, 0, 0, 0, 2, 2]  # b (a drop row) takes its suggestion too
