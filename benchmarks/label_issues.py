@@ -160,6 +160,8 @@ def run(args: argparse.Namespace) -> None:
                 rows: dict[str, dict[str, Any]] = {}
                 probs: dict[str, np.ndarray] = {}
                 methods = ["limit", "cross-entropy-cv"] + (["limit-cv"] if args.limit_cv else [])
+                if args.only is not None:
+                    methods = args.only
                 for method in methods:
                     t0, c0 = time.perf_counter(), time.process_time()
                     res = find_label_issues(
@@ -181,24 +183,27 @@ def run(args: argparse.Namespace) -> None:
                         "cpu": time.process_time() - c0,
                     }
                 # The ensemble method is exactly the mean of these two (same seeds).
-                cl, cols = decide((probs["limit"] + probs["cross-entropy-cv"]) / 2.0, ds.y_train)
-                rows["ensemble"] = {
-                    "flags": cols["is_label_issue"],
-                    "quality": cols["label_quality"],
-                    "action": cols["action"],
-                    "new_label": cols["new_label"],
-                    "suggested": cols["suggested_label"],
-                    "est": cl.estimated_noise_rate,
-                    "wall": rows["limit"]["wall"] + rows["cross-entropy-cv"]["wall"],
-                    "cpu": rows["limit"]["cpu"] + rows["cross-entropy-cv"]["cpu"],
-                }
+                if {"limit", "cross-entropy-cv"} <= set(probs):
+                    cl, cols = decide((probs["limit"] + probs["cross-entropy-cv"]) / 2.0, ds.y_train)
+                    rows["ensemble"] = {
+                        "flags": cols["is_label_issue"],
+                        "quality": cols["label_quality"],
+                        "action": cols["action"],
+                        "new_label": cols["new_label"],
+                        "suggested": cols["suggested_label"],
+                        "est": cl.estimated_noise_rate,
+                        "wall": rows["limit"]["wall"] + rows["cross-entropy-cv"]["wall"],
+                        "cpu": rows["limit"]["cpu"] + rows["cross-entropy-cv"]["cpu"],
+                    }
                 if not args.no_cleanlab:
                     rows.update(cleanlab_rows(ds, seed))
                 all_keep = np.ones(ds.n_train, dtype=bool)
-                baselines = {
-                    "no cleaning": downstream_accuracy(ds, all_keep, ds.y_train, seed),
-                    "oracle (clean labels)": downstream_accuracy(ds, all_keep, truth, seed),
-                }
+                baselines = {}
+                if not args.no_downstream:
+                    baselines = {
+                        "no cleaning": downstream_accuracy(ds, all_keep, ds.y_train, seed),
+                        "oracle (clean labels)": downstream_accuracy(ds, all_keep, truth, seed),
+                    }
                 for label, acc in baselines.items():
                     print(
                         f"| {name} | {spec} | {seed} | {label} | | | | | | {noisy.mean():.3f} | | {acc:.3f} | | |"
@@ -206,7 +211,9 @@ def run(args: argparse.Namespace) -> None:
                     agg[(name, spec, label)].append({"test_drop": acc})
                 for method, row in rows.items():
                     det = detection(row["flags"], row["quality"], noisy)
-                    skip = args.downstream_default_only and method in ("cross-entropy-cv", "ensemble")
+                    skip = args.no_downstream or (
+                        args.downstream_default_only and method in ("cross-entropy-cv", "ensemble")
+                    )
                     acc_drop = (
                         float("nan") if skip else downstream_accuracy(ds, ~row["flags"], ds.y_train, seed)
                     )
@@ -271,6 +278,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--limit-cv", action="store_true", help="also run 5-fold LIMIT (5 LIMIT trainings)")
     parser.add_argument("--no-cleanlab", action="store_true")
+    parser.add_argument("--no-downstream", action="store_true", help="detection numbers only")
+    parser.add_argument("--only", nargs="+", default=None, help="infoscore methods to run (default: all)")
     parser.add_argument(
         "--downstream-default-only",
         action="store_true",
