@@ -289,6 +289,13 @@ def estimate(request: dict[str, Any], shape: Shape) -> Estimate:
         notes.append("per unit (one training on 2*max(n) samples); units run one per worker process")
     elif kind == "limit":
         mem = _training_bytes(p, shape, copies=3)  # classifier, q-network, best checkpoint
+    elif kind == "label-issues":
+        method = params.get("method", "limit")
+        # LIMIT holds a classifier and a q-network; pred_probs and the decisions are (n, k) float64.
+        copies = 2 if method in ("limit", "limit-cv", "ensemble") else 1
+        mem = _training_bytes(p, shape, copies=copies) + 4 * n * k * F64
+        if method != "limit":
+            notes.append(f"{params.get('folds', 5)} cross-fitted trainings, one at a time")
     elif kind in ("supervision-complexity", "distillation"):
         teacher_p = parameter_count(params["teacher"], shape)
         checkpoints = len(params.get("checkpoints", [])) + 1

@@ -11,6 +11,7 @@ from pydantic import Field, TypeAdapter
 from .common import DatasetRef, Device, ModelSpec, Strict
 from .distill import DistillationParams, SupervisionComplexityParams
 from .fcmi import FcmiParams
+from .label_issues import LabelIssuesParams
 from .limit import LimitParams
 from .sample_information import SampleInformationParams
 from .training_dynamics import TrainingDynamicsParams
@@ -58,13 +59,21 @@ class DistillationJob(_JobBase):
     params: DistillationParams
 
 
+class LabelIssuesJob(_JobBase):
+    """``model`` is the architecture of every model trained."""
+
+    kind: Literal["label-issues"]
+    params: LabelIssuesParams = Field(default_factory=LabelIssuesParams)
+
+
 JobRequest = Annotated[
     TrainingDynamicsJob
     | SampleInformationJob
     | FcmiBoundJob
     | LimitJob
     | SupervisionComplexityJob
-    | DistillationJob,
+    | DistillationJob
+    | LabelIssuesJob,
     Field(discriminator="kind"),
 ]
 JOB_REQUEST_ADAPTER: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)
@@ -75,6 +84,7 @@ JOB_KINDS: tuple[str, ...] = (
     "limit",
     "supervision-complexity",
     "distillation",
+    "label-issues",
 )
 # Kinds that fan out into independent units (see workers.fanout).
 FANOUT_KINDS: frozenset[str] = frozenset({"fcmi-bound"})

@@ -78,6 +78,7 @@ class DatasetRecord(BaseModel):
         default=None, description="z-score statistics of the training split (standardize=true)"
     )
     options: dict[str, Any] | None = Field(default=None, description="the upload options used")
+    lineage: dict[str, Any] | None = None  # derived datasets: source dataset, job, apply, counts
 
 
 class DatasetList(BaseModel):

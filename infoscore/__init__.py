@@ -6,8 +6,31 @@ numpy only and reads no environment variables. Submodules by role: ``data``, ``m
 ``distill``.
 """
 
+from typing import TYPE_CHECKING
+
 from .errors import Cancelled, InfoscoreError, InvalidInputError, NumericalError
+
+if TYPE_CHECKING:
+    from .label_issues import LabelIssues as LabelIssues
+    from .label_issues import LabelIssuesConfig as LabelIssuesConfig
+    from .label_issues import find_label_issues as find_label_issues
 
 __version__ = "0.1.0"
 
 __all__ = ["Cancelled", "InfoscoreError", "InvalidInputError", "NumericalError", "__version__"]
+
+# Loaded on first use, so ``import infoscore`` (e.g. for its errors) does not load torch.
+_LAZY = {
+    "find_label_issues": "label_issues",
+    "LabelIssuesConfig": "label_issues",
+    "LabelIssues": "label_issues",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

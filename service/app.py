@@ -28,6 +28,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from contracts import tasks as names
 from contracts.estimate import DatasetFacts, Estimate, Shape, builtin_shape, dataset_checks, estimate
 from contracts.jobs import JOB_KINDS, JobRequest, request_fingerprint
+from contracts.label_issues import DeriveRequest
 from contracts.problems import PROBLEM_MEDIA_TYPE, problem
 from contracts.records import DatasetList, DatasetRecord, JobList, JobRecord, JobState, ResultPage
 from store.artifacts import ArtifactStore, regular_file, valid_artifact_name
@@ -691,6 +692,22 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if gw.store.delete_dataset(dataset_id, tenant) == 0:  # no other tenant holds the same content
             gw.artifacts.remove_dataset(dataset_id)
         return Response(status_code=204)
+
+    @app.post("/v1/datasets:derive", status_code=201, response_model=DatasetRecord, tags=["datasets"])
+    def derive_dataset(
+        body: Annotated[DeriveRequest, Body()], gw: GatewayDep, tenant: TenantDep, response: Response
+    ) -> DatasetRecord:
+        """A new dataset from a succeeded label-issues job (docs/jobs/label-issues.md)."""
+        from .derive import derive_dataset as derive
+
+        try:
+            record, created = derive(gw, body, tenant)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        if not created:
+            response.status_code = 200
+        response.headers["Location"] = f"/v1/datasets/{record['id']}"
+        return DatasetRecord(**record)
 
     # --------------------------------------------------------------- jobs
     @app.post("/v1/jobs", status_code=202, response_model=JobRecord, tags=["jobs"])

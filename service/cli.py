@@ -1,6 +1,6 @@
 """The ``infoscore`` command: ``up`` (embedded mode), ``api`` and ``worker`` (one role
-each, configured by ``INFOSCORE_*`` environment variables), and ``upload``, ``submit``,
-``status``, ``wait``, ``result``, ``datasets`` against a running API (``--url`` or
+each, configured by ``INFOSCORE_*`` environment variables), and ``upload``, ``derive``,
+``submit``, ``status``, ``wait``, ``result``, ``datasets`` against a running API (``--url`` or
 ``INFOSCORE_URL``, default http://127.0.0.1:8000)."""
 
 from __future__ import annotations
@@ -290,6 +290,20 @@ class ProgressBar:
             self.last_key = key
             self.stream.write(text + "\n")
             self.stream.flush()
+
+
+@app.command()
+@_api_errors
+def derive(
+    job_id: str,
+    apply: Annotated[
+        str, typer.Option(help="drop | relabel | drop-and-relabel (see docs/jobs/label-issues.md)")
+    ] = "drop-and-relabel",
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Derive a cleaned dataset from a succeeded label-issues job; prints its record."""
+    _print_json(_client(url, api_key).derive(job_id, apply))
 
 
 @app.command()

@@ -123,6 +123,12 @@ class InfoscoreClient:
         """Dry run: the checks, resources and time range of a request, without running it."""
         return dict(self._check(self.http.post("/v1/jobs:estimate", json=request)).json())
 
+    def derive(self, job_id: str, apply: str = "drop-and-relabel") -> dict[str, Any]:
+        """A new dataset from a succeeded label-issues job's decisions; returns its record
+        (``apply``: drop | relabel | drop-and-relabel)."""
+        r = self.http.post("/v1/datasets:derive", json={"job": job_id, "apply": apply})
+        return dict(self._check(r).json())
+
     def submit(self, request: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return dict(self._check(self.http.post("/v1/jobs", json=request, headers=headers)).json())

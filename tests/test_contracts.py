@@ -92,7 +92,7 @@ def test_params_either_validate_or_raise_validation_error(epochs: int, lr: float
         req: JobRequest = parse_job_request(body)
     except ValidationError:
         return
-    assert 1 <= req.params.epochs <= 2000  # type: ignore[union-attr]
+    assert 1 <= req.params.epochs <= 2000  # type: ignore[union-attr,operator]
     assert 0 < req.params.lr <= 10  # type: ignore[union-attr]
 
 

@@ -13,6 +13,7 @@ RUNNERS: dict[str, str] = {
     "limit": "workers.runners.limit:LimitRunner",
     "supervision-complexity": "workers.runners.distill:SupervisionComplexityRunner",
     "distillation": "workers.runners.distill:DistillationRunner",
+    "label-issues": "workers.runners.label_issues:LabelIssuesRunner",
 }
 
 
