@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -19,6 +20,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from fastapi import Body, Depends, FastAPI, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -182,12 +184,40 @@ def _same_request(prior: dict[str, Any], request: dict[str, Any], fingerprint: s
 READY_CACHE_SECONDS = 1.0
 
 
+def _ping_broker(gw: Gateway, timeout: float = 2.0) -> None:
+    """A Redis PING (after AUTH when the URL has a password) on a fresh socket: cheap,
+    bounded by ``timeout``, and independent of the Celery client's connection state."""
+    url = urlsplit(gw.settings.broker_url)
+    if url.scheme not in ("redis", "rediss") or url.scheme == "rediss":
+        with gw.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return
+    hello = b"PING\r\n"
+    expected = b"+PONG"
+    if url.password:
+        user = f"{unquote(url.username)} " if url.username else ""
+        hello = f"AUTH {user}{unquote(url.password)}\r\n".encode() + hello
+        expected = b"+OK\r\n+PONG"
+    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 6379), timeout=timeout) as sock:
+        sock.sendall(hello)
+        answer = b""
+        while len(answer) < len(expected):
+            chunk = sock.recv(64)
+            if not chunk:
+                break
+            answer += chunk
+    if not answer.startswith(expected):
+        raise ConnectionError(f"unexpected broker answer {answer[:40]!r}")
+
+
 def _readiness(gw: Gateway) -> dict[str, str]:
-    """Database and broker checks, at most one at a time and reused for a second: with the
-    broker down a check takes up to its timeout, and pollers must not each hold a thread
-    for it (they get the last answer while one check runs)."""
+    """Database and broker checks, at most one at a time: with the broker down a check
+    takes up to its timeout, and pollers must not each hold a thread for it (they get the
+    last answer while one check runs). A good answer is reused for a second; a bad one
+    only while the next check is running, so recovery shows at once."""
     checked_at, checks = gw._ready
-    if checks and time.monotonic() - checked_at < READY_CACHE_SECONDS:
+    healthy = bool(checks) and all(v == "ok" for v in checks.values())
+    if healthy and time.monotonic() - checked_at < READY_CACHE_SECONDS:
         return checks
     if not gw._ready_lock.acquire(blocking=not checks):
         return checks
@@ -199,8 +229,7 @@ def _readiness(gw: Gateway) -> dict[str, str]:
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"
         try:
-            with gw.celery.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=1)
+            _ping_broker(gw)
             checks["broker"] = "ok"
         except Exception as exc:
             checks["broker"] = f"unreachable: {type(exc).__name__}"

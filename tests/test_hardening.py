@@ -345,3 +345,42 @@ def test_retention_deletes_old_jobs_and_datasets(api: Any, environment: Any) -> 
         "jobs_expired": 0,
         "datasets_expired": 0,
     }
+
+
+def test_readyz_checks_the_broker_one_at_a_time(api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    import service.app as app_module
+
+    inside = 0
+    most = 0
+    calls = 0
+    lock = threading.Lock()
+
+    def slow_down_broker(gw: Any, timeout: float = 2.0) -> None:
+        nonlocal inside, most, calls
+        with lock:
+            inside += 1
+            calls += 1
+            most = max(most, inside)
+        time.sleep(0.5)
+        with lock:
+            inside -= 1
+        raise ConnectionRefusedError("broker down")
+
+    monkeypatch.setattr(app_module, "_ping_broker", slow_down_broker)
+    assert api.get("/readyz").status_code == 503  # the first check waits for its answer
+    codes: list[int] = []
+    calls = 0
+    threads = [
+        threading.Thread(target=lambda: codes.append(api.get("/readyz").status_code)) for _ in range(12)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # One check at a time; pollers that arrive meanwhile get its last answer, not a queue.
+    assert codes == [503] * 12 and most == 1 and calls < 12
+    monkeypatch.setattr(app_module, "_ping_broker", lambda gw, timeout=2.0: None)
+    assert api.get("/readyz").status_code == 200  # recovery shows at once
