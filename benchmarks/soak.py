@@ -19,6 +19,7 @@ Every request goes to 127.0.0.1; loops are bounded in time and count.
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
 import os
 import random
@@ -213,6 +214,16 @@ def main() -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+    def stop_up() -> None:  # also when the run fails: never leave a service behind
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            try:
+                up.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                up.kill()
+
+    atexit.register(stop_up)
     assert up.stdout is not None
     while "infoscore is up" not in (line := up.stdout.readline()):
         if not line:
@@ -288,8 +299,7 @@ def main() -> None:
                 time.sleep(0.5)
     end_api = api_pid(up.pid)
     rss_end = rss_bytes(end_api) if end_api else 0
-    up.send_signal(signal.SIGINT)
-    up.wait(timeout=120)
+    stop_up()
 
     codes: Counter[str] = Counter()
     for c in clients:
