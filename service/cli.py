@@ -102,10 +102,13 @@ def api() -> None:
             f"refusing to bind {settings.host} without API keys: set INFOSCORE_AUTH=required", err=True
         )
         raise typer.Exit(2)
+    from .server import protocol_class
+
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=protocol_class(),  # h11 with a request-header deadline (INFOSCORE_HEADER_TIMEOUT)
         log_level=os.environ.get("INFOSCORE_LOG_LEVEL", "warning").lower(),
         access_log=False,
         timeout_graceful_shutdown=5,

@@ -384,3 +384,35 @@ def test_readyz_checks_the_broker_one_at_a_time(api: Any, monkeypatch: pytest.Mo
     assert codes == [503] * 12 and most == 1 and calls < 12
     monkeypatch.setattr(app_module, "_ping_broker", lambda gw, timeout=2.0: None)
     assert api.get("/readyz").status_code == 200  # recovery shows at once
+
+
+def test_half_sent_headers_are_cut_off(tmp_path: Path) -> None:
+    """A real API process closes a connection whose request headers stay incomplete past
+    INFOSCORE_HEADER_TIMEOUT, and still serves complete requests (also kept alive)."""
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFOSCORE_")}
+    env.update(
+        INFOSCORE_PORT=str(port),
+        INFOSCORE_DATA_DIR=str(tmp_path / "data"),
+        INFOSCORE_BROKER_URL="redis://127.0.0.1:1/0",
+        INFOSCORE_HEADER_TIMEOUT="1.5",
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "api"], cwd=ROOT, env=env)
+    try:
+        wait_until(lambda: _get_ok(f"http://127.0.0.1:{port}/healthz"), 60, what="api")
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no blank line: incomplete
+            started = time.monotonic()
+            assert s.recv(100) == b""  # closed by the server
+            assert time.monotonic() - started < 15
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            assert [client.get("/healthz").status_code for _ in range(3)] == [200, 200, 200]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
