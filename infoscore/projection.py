@@ -27,6 +27,8 @@ from .progress import ProgressFn, StopFn
 
 ProjectionKind = Literal["rademacher", "gaussian"]
 PROJECTION_KINDS: tuple[str, ...] = ("rademacher", "gaussian")
+ProjectionStructure = Literal["kronecker", "dense"]
+PROJECTION_STRUCTURES: tuple[str, ...] = ("kronecker", "dense")
 ROW_BLOCK = 8192
 DEFAULT_CACHE_BYTES = 1 << 30
 

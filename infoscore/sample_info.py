@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from .errors import InvalidInputError, NumericalError, invalid
 from .linearized import (
+    JITTER_LADDER,
     LOO_LAMBDAS,
     TIME_MODES,
     TimeMode,
@@ -52,9 +53,16 @@ from .linearized import (
     one_hot,
     sum_form,
 )
-from .ntk import jacobian_chunks, parameter_count, per_sample_jacobians
+from .ntk import (
+    KERNEL_METHODS,
+    ntk_cross_chunks,
+    ntk_gram,
+    parameter_count,
+    per_sample_jacobians,
+    resolve_kernel_method,
+)
 from .progress import ProgressFn, StopFn, check_stop
-from .projection import PROJECTION_KINDS, projected_features, projector_for
+from .projection import PROJECTION_KINDS, PROJECTION_STRUCTURES, projected_features, projector_for
 
 Measure = Literal["weights", "predictions", "weights_full"]
 Method = Literal["exact", "projected"]
@@ -112,33 +120,75 @@ def _extreme_eigs(a: Tensor, factor: Tensor, shift: float = 0.0, iters: int = 30
     return 1.0 / s_inv, s_max
 
 
-def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float) -> KernelLoo:
+def _factor_in_place(theta: Tensor, lam: float, out: Tensor | None = None) -> tuple[Tensor, float, float]:
+    """Lower Cholesky factor of Θ + λI written over ``out`` (or a fresh copy of Θ), with the
+    jitter ladder of :func:`infoscore.linearized.cholesky_with_jitter` (ε·tr(A)/N on
+    failure). Returns (factor, eps, jitter). Memory: one N² buffer beside Θ (no eye, no
+    symmetrized copy: Cholesky reads one triangle)."""
+    n_total = theta.shape[0]
+    buf = torch.empty_like(theta, dtype=torch.float64) if out is None else out
+    scale = (float(torch.trace(theta.to(torch.float64))) + lam * n_total) / max(n_total, 1)
+    if not scale > 0:
+        raise NumericalError(f"loo_infinite: Θ + λI has non-positive trace ({scale!r})")
+    info = torch.empty((), dtype=torch.int32, device=theta.device)
+    for eps in JITTER_LADDER:
+        buf.copy_(theta)
+        buf.diagonal().add_(lam + eps * scale)
+        torch.linalg.cholesky_ex(buf, out=(buf, info))
+        if int(info) == 0:
+            return buf, eps, eps * scale
+    raise NumericalError(
+        f"A is not positive definite even with jitter {JITTER_LADDER[-1]:g}·tr(A)/N; "
+        "increase the ridge 'l2' or use a finite 't'"
+    )
+
+
+def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: float | None = None) -> KernelLoo:
     """Exact LOO at t = ∞ (SCIENCE 2.3), independent of p.
 
-    theta (N, N) float64, r0 (N,) -> KernelLoo. A = Θ + λI is Cholesky-factored (with the
-    jitter ladder); the jitter is part of the ridge, so ΘP = I − (λ + jitter)P is used.
+    theta (N, N) float64, r0 (N,) -> KernelLoo. The full run solves (Θ + λI)u = r₀; each
+    leave-one-out run uses the ridge λ_loo (default λ; ``loo_lambda: rescaled`` passes
+    (n−1)/n·λ). With P' = (Θ + λ_loo I)⁻¹, a' = P'r₀ and c'_i = P'_ii⁻¹a'_i the LOO
+    coefficients are pad(u₋ᵢ) = a' − P'_{:,i}c'_i, so δ_i = u − pad(u₋ᵢ) = e + P'_{:,i}c'_i
+    with e = u − a' (zero when λ_loo = λ), and, using ΘP' = I − λ_loo P',
+    ‖Δw_i‖² = δ_iᵀΘδ_i = eᵀΘe + 2 g_iᵀc'_i + c'_iᵀ(P' − λ_loo P'²)_ii c'_i, g = e − λ_loo P'e.
+    Jitter added by the ladder is part of the ridge. Peak memory: Θ plus one N² buffer
+    (factor, then P' in place).
     """
     n_total = theta.shape[0]
     n = n_total // k
-    a_mat = _sym(theta.to(torch.float64)) + lam * torch.eye(n_total, dtype=torch.float64)
-    chol = cholesky_with_jitter(a_mat)
-    del a_mat  # N² floats: peak memory is Θ, the factor and P
-    lam_eff = lam + chol.jitter
-    p_mat = _sym(torch.cholesky_inverse(chol.factor))
-    a = p_mat @ r0.to(torch.float64)
+    theta = theta.to(torch.float64)
+    r0 = r0.to(torch.float64).to(theta.device)
+    lam_loo = lam if lam_loo is None else float(lam_loo)
+    factor, eps, jitter = _factor_in_place(theta, lam)
+    u = torch.cholesky_solve(r0.reshape(-1, 1), factor).reshape(-1)
+    s_min, s_max = _extreme_eigs(theta, factor, shift=lam + jitter)
+    if lam_loo != lam:
+        factor, eps_loo, jitter_loo = _factor_in_place(theta, lam_loo, out=factor)
+        eps, jitter = max(eps, eps_loo), max(jitter, jitter_loo)
+        lam_loo_eff = lam_loo + jitter_loo
+    else:
+        lam_loo_eff = lam + jitter
+    a = torch.cholesky_solve(r0.reshape(-1, 1), factor).reshape(-1)
+    p_mat = torch.cholesky_inverse(factor, out=factor)  # in place: P' over the factor
+    del factor
     p_ii = _diag_blocks(p_mat, n, k)
     c = torch.linalg.solve(p_ii, a.reshape(n, k, 1)).squeeze(-1)  # (n, k)
-    cols = p_mat.reshape(n_total, n, k)  # cols[:, i, :] = P[:, block i]
-    # (P²)_ii = P_{:,i}ᵀ P_{:,i}, batched over chunks of samples (bounded copies).
+    cols = p_mat.reshape(n_total, n, k)  # cols[:, i, :] = P'[:, block i] (P' symmetric)
+    # (P'²)_ii = P'_{:,i}ᵀ P'_{:,i}, batched over chunks of samples (bounded copies).
     p2_ii = torch.empty_like(p_ii)
     for lo in range(0, n, 256):
         blk = cols[:, lo : lo + 256, :]
         p2_ii[lo : lo + 256] = torch.einsum("zia,zib->iab", blk, blk)
-    q = p_ii - lam_eff * p2_ii
-    sq = torch.einsum("ia,iab,ib->i", c, q, c).clamp_min(0.0)
+    q = p_ii - lam_loo_eff * p2_ii
+    sq = torch.einsum("ia,iab,ib->i", c, q, c)
     delta = torch.einsum("zia,ia->zi", cols, c)
-    s_min, s_max = _extreme_eigs(theta.to(torch.float64), chol.factor, shift=lam_eff)
-    return KernelLoo(sq, delta, a, chol.jitter, chol.eps, s_min, s_max)
+    if lam_loo != lam:
+        e = u - a
+        g = (e - lam_loo_eff * (p_mat @ e)).reshape(n, k)
+        sq = sq + float(e @ (theta @ e)) + 2.0 * (g * c).sum(1)
+        delta += e.reshape(-1, 1)
+    return KernelLoo(sq.clamp_min(0.0), delta, u, jitter, eps, s_min, s_max)
 
 
 def loo_finite(
@@ -259,21 +309,31 @@ def loo_primal(
         chol = cholesky_with_jitter(gram + lam * eye)
         factor = chol.factor
         v = -torch.cholesky_solve(b.reshape(-1, 1), factor).reshape(-1)
+        s_min, s_max = _extreme_eigs(gram + lam * eye, factor, shift=chol.jitter)
+        jitter, jitter_eps = chol.jitter, chol.eps
+        # LOO runs with their own ridge (loo_lambda 'rescaled'): Δv_i = (v − v') + (v' − v'₋ᵢ)
+        # where v' is the full run at λ_loo and v' − v'₋ᵢ the Woodbury identity at λ_loo.
+        v_ref, offset = v, None
+        if lam_loo != lam:
+            chol = cholesky_with_jitter(gram + lam_loo * eye)
+            factor = chol.factor
+            v_ref = -torch.cholesky_solve(b.reshape(-1, 1), factor).reshape(-1)
+            offset = v - v_ref
+            jitter, jitter_eps = max(jitter, chol.jitter), max(jitter_eps, chol.eps)
         for i0 in range(0, n, chunk):
             check_stop(should_stop)
             block = phi[i0 * k : (i0 + chunk) * k].to(torch.float64)  # (bk, d)
             nb = block.shape[0] // k
-            rho = (r0[i0 * k : i0 * k + block.shape[0]] + block @ v).reshape(nb, k)
+            rho = (r0[i0 * k : i0 * k + block.shape[0]] + block @ v_ref).reshape(nb, k)
             z = torch.linalg.solve_triangular(factor, block.T, upper=False).reshape(d, nb, k)
             h = torch.einsum("zia,zib->iab", z, z)
             c = torch.linalg.solve(torch.eye(k, dtype=torch.float64) - h, rho.unsqueeze(-1)).squeeze(-1)
             y = torch.einsum("zia,ia->zi", z, c)
             dv = -torch.linalg.solve_triangular(factor.T, y, upper=True).T  # (nb, d)
-            record(i0, dv)
+            record(i0, dv if offset is None else dv + offset)
             if progress is not None:
                 progress(min(i0 + chunk, n), n)
-        s_min, s_max = _extreme_eigs(gram + lam * eye, factor, shift=chol.jitter)
-        return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, chol.jitter, chol.eps, s_min, s_max)
+        return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, jitter, jitter_eps, s_min, s_max)
 
     s, vecs = torch.linalg.eigh(gram + lam * eye)
     v = -(vecs @ (gd_filter(s, eta=eta, t=t, time=time) * (vecs.T @ b)))
@@ -425,6 +485,8 @@ def sample_information(
     max_finite_t_cost: float = DEFAULT_MAX_FINITE_T_COST,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    kernel_method: str = "auto",
+    projection_structure: str = "kronecker",
 ) -> SampleInformation:
     """SI / F-SI of every training sample for ``model`` linearized at its current weights.
 
@@ -443,6 +505,13 @@ def sample_information(
     _check_params(
         n, k, t, lr, l2, l2_auto_scale, sigma, measures, method, projection_dim, projection, time, loo_lambda
     )
+    if kernel_method not in KERNEL_METHODS:
+        raise invalid("kernel_method", "sample_information", f"one of {list(KERNEL_METHODS)}", kernel_method)
+    if projection_structure not in PROJECTION_STRUCTURES:
+        raise invalid(
+            "projection_structure", "sample_information", f"one of {list(PROJECTION_STRUCTURES)}",
+            projection_structure,
+        )  # fmt: skip
     if y_train.shape[0] != n:
         raise invalid("y_train", "sample_information", f"{n} labels", int(y_train.shape[0]))
     if "predictions" in measures and x_eval is None:
@@ -517,7 +586,6 @@ def sample_information(
         "sigma": sigma,
         "units": "nats",
     }
-    need_dw = "predictions" in measures or "weights_full" in measures or y_eval is not None
     dw_cols: Tensor | None = None  # (p or d, n+1): columns −Δw_i ... and the full run's w_t − w₀
     features_eval: Tensor | None = None
     sq_weights: Tensor
@@ -525,17 +593,20 @@ def sample_information(
     full_scores: Tensor | None = None
 
     if method == "exact":
-        jac = per_sample_jacobians(model, x_train, batch_size=batch_size, should_stop=should_stop)
+        # Θ from per-layer factors (structured) unless the model needs the J Jᵀ reference.
+        info["kernel_method"] = resolve_kernel_method(model, kernel_method)
+        theta = ntk_gram(
+            model, x_train, kernel="full", batch_size=batch_size, should_stop=should_stop,
+            method=info["kernel_method"],
+        ).cpu()  # fmt: skip
         stage_progress(0)(n, n)
-        jac = jac.to(torch.float64).reshape(big_n, p).cpu()
-        theta = jac @ jac.T
-        timings["jacobians_and_kernel_s"] = _time.perf_counter() - tic
+        timings["kernel_s"] = _time.perf_counter() - tic
         tic = _time.perf_counter()
         lam = _resolve_lambda(l2, l2_auto_scale, float(torch.trace(theta)), n, k)
         l2_eff = lam / n
         _, lam_loo = loo_sum_form(n, lr, l2_eff, loo_lambda)  # type: ignore[arg-type]
         if t is None:
-            res = loo_infinite(theta, r0, k=k, lam=lam)
+            res = loo_infinite(theta, r0, k=k, lam=lam, lam_loo=lam_loo)
         else:
             res = loo_finite(
                 theta, r0, k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
@@ -548,19 +619,17 @@ def sample_information(
         train_logits = (f0_train.reshape(-1) - theta @ res.u).reshape(n, k)
         info.update(jitter=res.jitter, jitter_eps=res.jitter_eps, eig_min=res.eig_min, eig_max=res.eig_max)
         del theta
-        if need_dw:
+        if "weights_full" in measures:  # p <= max_full_p: J is small here
             tic = _time.perf_counter()
+            jac = per_sample_jacobians(model, x_train, batch_size=batch_size, should_stop=should_stop)
+            jac = jac.to(torch.float64).reshape(big_n, p).cpu()
             dw_cols = jac.T @ torch.cat([res.delta, res.u.reshape(-1, 1)], dim=1)  # (p, n+1)
-            timings["weight_changes_s"] = _time.perf_counter() - tic
-        if "weights_full" in measures:
-            assert dw_cols is not None
-            tic = _time.perf_counter()
             resid = train_logits.reshape(-1) - targets  # f_t(X) − Y
             grads = torch.einsum("ikp,ik->ip", jac.reshape(n, k, p), resid.reshape(n, k))
             hess = jac.T @ jac + (lam + res.jitter) * torch.eye(p, dtype=torch.float64)
             full_scores = weights_full_scores(hess, grads, dw_cols[:, :n].T)
             timings["weights_full_s"] = _time.perf_counter() - tic
-        del jac
+            del jac, dw_cols
         info["d"] = None
     else:
         d = projection_dim
@@ -625,14 +694,17 @@ def sample_information(
         f0_eval = _logits64(model, x_eval)
         report = stage_progress(n + (n if t is not None else 1))
         if method == "exact":
-            assert dw_cols is not None
+            # Δf_i(X') = −Θ(X', X)δ_i and f_t(X') = f₀(X') − Θ(X', X)u, one held-out chunk
+            # of the cross kernel at a time (no J, no weight-space vectors).
+            coef = torch.cat([res.delta, res.u.reshape(-1, 1)], dim=1)  # (nk, n+1)
             sq_f = torch.zeros(n, dtype=torch.float64)
             eval_logits = f0_eval.clone()
-            for start, chunk in jacobian_chunks(
-                model, x_eval, batch_size=batch_size, should_stop=should_stop
-            ):
-                b = chunk.shape[0]
-                out = chunk.to(torch.float64).reshape(b * k, p).cpu() @ dw_cols  # (bk, n+1)
+            for start, block in ntk_cross_chunks(
+                model, x_eval, x_train, kernel="full", batch_size=batch_size,
+                method=info["kernel_method"], should_stop=should_stop,
+            ):  # fmt: skip
+                b = block.shape[0] // k
+                out = block.cpu() @ coef  # (bk, n+1)
                 sq_f += (out[:, :n] ** 2).sum(0)
                 eval_logits[start : start + b] -= out[:, n].reshape(b, k)
                 report(min(start + b, m), m)

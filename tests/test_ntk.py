@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -71,7 +73,7 @@ def test_flat_parameters_round_trip(small: tuple[torch.nn.Module, torch.Tensor])
     ntk.set_flat_parameters(model, flat)
 
 
-ARCHS = {
+ARCHS: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "linear": ({"arch": "linear"}, (12,)),
     "mlp_bn": ({"arch": "mlp", "hidden": [16, 8], "batchnorm": True}, (12,)),
     "mlp_tanh": ({"arch": "mlp", "hidden": [16], "activation": "tanh"}, (12,)),
