@@ -60,9 +60,18 @@ from .ntk import (
     parameter_count,
     per_sample_jacobians,
     resolve_kernel_method,
+    structured_supported,
 )
 from .progress import ProgressFn, StopFn, check_stop
-from .projection import PROJECTION_KINDS, PROJECTION_STRUCTURES, projected_features, projector_for
+from .projection import (
+    PROJECTION_KINDS,
+    PROJECTION_STRUCTURES,
+    FactoredFeatures,
+    KroneckerProjector,
+    kronecker_features,
+    projected_features,
+    projector_for,
+)
 
 Measure = Literal["weights", "predictions", "weights_full"]
 Method = Literal["exact", "projected"]
@@ -107,7 +116,7 @@ def _extreme_eigs(a: Tensor, factor: Tensor, shift: float = 0.0, iters: int = 30
     """Estimates of (s_min, s_max) of SPD a + shift·I = L Lᵀ (factor L) by power and inverse
     iteration (O(iters·N²), no copy of a)."""
     gen = torch.Generator().manual_seed(0)
-    v = torch.randn(a.shape[0], dtype=torch.float64, generator=gen)
+    v = torch.randn(a.shape[0], dtype=torch.float64, generator=gen).to(a.device)
     w = v.clone()
     s_max = s_inv = 0.0
     for _ in range(iters):
@@ -255,7 +264,7 @@ class PrimalLoo:
 
 
 def loo_primal(
-    phi: Tensor,
+    phi: Tensor | FactoredFeatures,
     r0: Tensor,
     *,
     k: int,
@@ -280,10 +289,11 @@ def loo_primal(
     n_total, d = phi.shape
     n = n_total // k
     lam_loo = lam if lam_loo is None else lam_loo
-    r0 = r0.to(torch.float64)
-    eye = torch.eye(d, dtype=torch.float64)
-    gram = torch.zeros((d, d), dtype=torch.float64)
-    b = torch.zeros(d, dtype=torch.float64)
+    dev = phi.device  # the algebra runs where the features are; results come back on the host
+    r0 = r0.to(device=dev, dtype=torch.float64)
+    eye = torch.eye(d, dtype=torch.float64, device=dev)
+    gram = torch.zeros((d, d), dtype=torch.float64, device=dev)
+    b = torch.zeros(d, dtype=torch.float64, device=dev)
     rows = chunk * k
     for lo in range(0, n_total, rows):
         block = phi[lo : lo + rows].to(torch.float64)
@@ -292,11 +302,11 @@ def loo_primal(
     gram = _sym(gram)
     cov_eval = None
     if phi_eval is not None:
-        pe = phi_eval.to(torch.float64)
+        pe = phi_eval.to(device=dev, dtype=torch.float64)
         cov_eval = _sym(pe.T @ pe)
-    sq = torch.empty(n, dtype=torch.float64)
-    sq_f = torch.empty(n, dtype=torch.float64) if cov_eval is not None else None
-    dv_all = torch.empty((n, d), dtype=torch.float64) if keep_dv else None
+    sq = torch.empty(n, dtype=torch.float64, device=dev)
+    sq_f = torch.empty(n, dtype=torch.float64, device=dev) if cov_eval is not None else None
+    dv_all = torch.empty((n, d), dtype=torch.float64, device=dev) if keep_dv else None
 
     def record(i0: int, dv: Tensor) -> None:  # dv (b, d)
         sq[i0 : i0 + dv.shape[0]] = (dv * dv).sum(1)
@@ -327,13 +337,13 @@ def loo_primal(
             rho = (r0[i0 * k : i0 * k + block.shape[0]] + block @ v_ref).reshape(nb, k)
             z = torch.linalg.solve_triangular(factor, block.T, upper=False).reshape(d, nb, k)
             h = torch.einsum("zia,zib->iab", z, z)
-            c = torch.linalg.solve(torch.eye(k, dtype=torch.float64) - h, rho.unsqueeze(-1)).squeeze(-1)
+            c = torch.linalg.solve(eye[:k, :k] - h, rho.unsqueeze(-1)).squeeze(-1)
             y = torch.einsum("zia,ia->zi", z, c)
             dv = -torch.linalg.solve_triangular(factor.T, y, upper=True).T  # (nb, d)
             record(i0, dv if offset is None else dv + offset)
             if progress is not None:
                 progress(min(i0 + chunk, n), n)
-        return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, jitter, jitter_eps, s_min, s_max)
+        return PrimalLoo(*_host(sq.clamp_min(0.0), sq_f, v, dv_all), jitter, jitter_eps, s_min, s_max)
 
     s, vecs = torch.linalg.eigh(gram + lam * eye)
     v = -(vecs @ (gd_filter(s, eta=eta, t=t, time=time) * (vecs.T @ b)))
@@ -347,7 +357,13 @@ def loo_primal(
         record(i, (v - v_loo).reshape(1, -1))
         if progress is not None:
             progress(i + 1, n)
-    return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, 0.0, 0.0, float(s.min()), float(s.max()))
+    return PrimalLoo(*_host(sq.clamp_min(0.0), sq_f, v, dv_all), 0.0, 0.0, float(s.min()), float(s.max()))
+
+
+def _host(
+    sq: Tensor, sq_f: Tensor | None, v: Tensor, dv: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    return sq.cpu(), None if sq_f is None else sq_f.cpu(), v.cpu(), None if dv is None else dv.cpu()
 
 
 def lyapunov_covariance(h: Tensor, c: Tensor) -> Tensor:
@@ -632,22 +648,44 @@ def sample_information(
             del jac, dw_cols
         info["d"] = None
     else:
-        d = projection_dim
-        projector = projector_for(model, d, kind=projection, seed=seed)  # type: ignore[arg-type]
-        phi = projected_features(
-            model,
-            x_train,
-            projector,
-            batch_size=batch_size,
-            progress=stage_progress(0),
-            should_stop=should_stop,
-        ).reshape(big_n, d)
+        # Kronecker-factored projection from per-layer factors (no per-sample gradient) when
+        # the model allows it; the dense per-sample projection of J chunks otherwise.
+        structure = projection_structure
+        if structure == "kronecker" and not structured_supported(model):
+            structure = "dense"
+        info["projection_structure"] = structure
+        phi: Tensor | FactoredFeatures
+        if structure == "kronecker":
+            kron = KroneckerProjector(
+                model,
+                projection_dim,
+                kind=projection,  # type: ignore[arg-type]
+                seed=seed,
+                device=x_train.device,
+            )
+            d = kron.d
+            phi = kronecker_features(
+                model, x_train, kron, batch_size=max(batch_size, 512), progress=stage_progress(0),
+                should_stop=should_stop,
+            )  # fmt: skip
+        else:
+            d = projection_dim
+            projector = projector_for(model, d, kind=projection, seed=seed, device=x_train.device)  # type: ignore[arg-type]
+            phi = projected_features(
+                model, x_train, projector, batch_size=batch_size, progress=stage_progress(0),
+                should_stop=should_stop,
+            ).reshape(big_n, d)  # fmt: skip
         timings["projected_features_s"] = _time.perf_counter() - tic
         if x_eval is not None and n_eval_units:
             tic = _time.perf_counter()
-            features_eval = projected_features(
-                model, x_eval, projector, batch_size=batch_size, should_stop=should_stop
-            ).reshape(m * k, d)
+            if structure == "kronecker":
+                features_eval = kronecker_features(
+                    model, x_eval, kron, batch_size=max(batch_size, 512), should_stop=should_stop
+                ).dense()
+            else:
+                features_eval = projected_features(
+                    model, x_eval, projector, batch_size=batch_size, should_stop=should_stop
+                ).reshape(m * k, d)
             timings["projected_eval_features_s"] = _time.perf_counter() - tic
         tic = _time.perf_counter()
         trace = float(sum(float((phi[lo : lo + 65536].double() ** 2).sum()) for lo in range(0, big_n, 65536)))
@@ -665,7 +703,9 @@ def sample_information(
         sq_pred = pres.sq_prediction_change
         train_logits = torch.empty((n, k), dtype=torch.float64)
         for lo in range(0, big_n, 65536):
-            train_logits.view(-1)[lo : lo + 65536] = phi[lo : lo + 65536].double() @ pres.v
+            train_logits.view(-1)[lo : lo + 65536] = (
+                phi[lo : lo + 65536].double() @ pres.v.to(phi.device)
+            ).cpu()
         train_logits += f0_train
         info.update(
             jitter=pres.jitter, jitter_eps=pres.jitter_eps, eig_min=pres.eig_min, eig_max=pres.eig_max
@@ -681,6 +721,7 @@ def sample_information(
             hess = gram + (lam + pres.jitter) * torch.eye(d, dtype=torch.float64)
             full_scores = weights_full_scores(hess, grads, pres.dv)
         info["d"] = d
+        info["projection_dim"] = projection_dim
         info["projection"] = projection
         del phi
 
@@ -712,7 +753,7 @@ def sample_information(
                 sq_pred = sq_f
         else:
             assert features_eval is not None
-            eval_logits = f0_eval + (features_eval.double() @ pres.v).reshape(m, k)
+            eval_logits = f0_eval + (features_eval.double().cpu() @ pres.v).reshape(m, k)
             report(m, m)
         test_accuracy = _accuracy(eval_logits, y_eval)
         timings["eval_s"] = _time.perf_counter() - tic
