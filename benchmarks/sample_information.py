@@ -329,7 +329,7 @@ def case_sweep(args: argparse.Namespace) -> None:
         tic = time.perf_counter()
         exact = loo_infinite(theta, r0, k=args.k, lam=lam).sq_weight_change.numpy()
         t_exact = time.perf_counter() - tic
-        for (structure, d), phi in features.items():
+        for (structure, _d), phi in features.items():
             tic = time.perf_counter()
             proj = loo_primal(phi, r0, k=args.k, lam=lam).sq_weight_change.numpy()
             t_proj = time.perf_counter() - tic
