@@ -205,10 +205,15 @@ class _Group:
     r_in: Tensor | None = None  # (in [+1], d) ±1/√d
 
 
-def allocate_dims(sizes: Sequence[int], d: int) -> list[int]:
+def allocate_dims(sizes: Sequence[int], d: int, weights: Sequence[float] | None = None) -> list[int]:
     """Split d over groups of sizes p_g. A group with p_g ≤ d/(2·groups) is kept whole
-    (exact); the rest is shared proportionally to p_g, a group that fits its share keeps all
-    its p_g coordinates and the remainder is shared again (water-filling)."""
+    (exact); the rest is shared proportionally to ``weights`` (default p_g; pass each
+    group's share of tr Θ to minimise the summed projection variance, Σ_g w_g²/d_g), a group
+    that fits its share keeps all its p_g coordinates and the remainder is shared again
+    (water-filling)."""
+    if weights is None:
+        weights = [float(sz) for sz in sizes]
+    w = [max(float(x), 1e-12) for x in weights]
     dims = [0] * len(sizes)
     open_ = list(range(len(sizes)))
     budget = d
@@ -218,17 +223,17 @@ def allocate_dims(sizes: Sequence[int], d: int) -> list[int]:
             budget -= sizes[g]
             open_.remove(g)
     while open_:
-        total = sum(sizes[g] for g in open_)
-        fits = [g for g in open_ if sizes[g] <= budget * sizes[g] / total]
+        total = sum(w[g] for g in open_)
+        fits = [g for g in open_ if sizes[g] <= budget * w[g] / total]
         if not fits:
             break
         for g in fits:
             dims[g] = sizes[g]
             budget -= sizes[g]
             open_.remove(g)
-    total = sum(sizes[g] for g in open_)
+    total = sum(w[g] for g in open_)
     for g in open_:
-        dims[g] = max(1, int(budget * sizes[g] // total))
+        dims[g] = max(1, int(budget * w[g] / total + 1e-9))
     return dims
 
 
@@ -249,6 +254,7 @@ class KroneckerProjector:
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if not isinstance(d, int) or d < 1:
             raise invalid("projection_dim", "KroneckerProjector", "a positive integer", d)
@@ -269,7 +275,7 @@ class KroneckerProjector:
                 self.groups.append(_Group("conv", p, (out, p // out), mod.bias is not None))
             else:
                 self.groups.append(_Group("explicit", p, (p, 1)))
-        dims = allocate_dims([g.p for g in self.groups], d)
+        dims = allocate_dims([g.p for g in self.groups], d, weights)
         for gi, (g, dg) in enumerate(zip(self.groups, dims, strict=True)):
             out, inn = g.shape
             if dg >= g.p:
@@ -416,3 +422,17 @@ def kronecker_features(
         bs = [c[gi][2] for c in chunks]
         merged.append((how, a, None if bs[0] is None else torch.cat([t for t in bs if t is not None])))
     return FactoredFeatures(merged, projector, k)
+
+
+def trace_shares(model: nn.Module, x: Tensor) -> list[float]:
+    """Each parameterised module's share of tr Θ on x (a sample of the data), for
+    :func:`allocate_dims`: Σ_i Σ_c ‖δ_ic‖²·‖a_i‖² for a dense layer, ‖g‖² otherwise."""
+    shares = []
+    for f in layer_factors(model, x):
+        if isinstance(f, DenseFactor):
+            shares.append(float(((f.sig**2).sum(2) * (f.act**2).sum(1, keepdim=True)).sum()))
+        else:
+            g = f.gradients() if isinstance(f, ConvFactor) else f.grad
+            shares.append(float((g**2).sum()))
+    total = sum(shares)
+    return [sh / total if total > 0 else 1.0 for sh in shares]

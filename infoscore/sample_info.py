@@ -71,6 +71,7 @@ from .projection import (
     kronecker_features,
     projected_features,
     projector_for,
+    trace_shares,
 )
 
 Measure = Literal["weights", "predictions", "weights_full"]
@@ -656,14 +657,17 @@ def sample_information(
         info["projection_structure"] = structure
         phi: Tensor | FactoredFeatures
         if structure == "kronecker":
+            # d split over layers by their share of tr Θ on the first samples (deterministic).
             kron = KroneckerProjector(
                 model,
                 projection_dim,
                 kind=projection,  # type: ignore[arg-type]
                 seed=seed,
                 device=x_train.device,
+                weights=trace_shares(model, x_train[:512]),
             )
             d = kron.d
+            info["projection_layer_dims"] = [g.d for g in kron.groups]
             phi = kronecker_features(
                 model, x_train, kron, batch_size=max(batch_size, 512), progress=stage_progress(0),
                 should_stop=should_stop,

@@ -20,6 +20,7 @@ from infoscore.projection import (
     kronecker_features,
     projected_features,
     projector_for,
+    trace_shares,
 )
 
 
@@ -154,3 +155,15 @@ def test_allocation_keeps_small_groups_exact_and_respects_the_budget() -> None:
     assert allocate_dims([5000, 30], 2048) == [2018, 30]  # 30 <= 2048/4: the head stays exact
     assert allocate_dims([10, 20], 100) == [10, 20]  # everything fits: R = I
     assert sum(allocate_dims([700, 300, 5], 64)) <= 64
+    # by trace share: a head holding 80% of tr Θ gets all its coordinates, the rest the remainder
+    assert allocate_dims([4224, 1290], 2048, [0.2, 0.8]) == [758, 1290]
+
+
+def test_trace_shares_match_the_layer_kernels() -> None:
+    model = models.build_model({"arch": "mlp", "hidden": [7]}, (5,), 3, seed=0).double()
+    x = torch.randn(9, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    jac = per_sample_jacobians(model, x)  # (9, 3, p); layers: 5*7+7 = 42, then 7*3+3 = 24
+    first = float((jac[:, :, :42] ** 2).sum())
+    total = float((jac**2).sum())
+    shares = trace_shares(model, x)
+    assert shares == pytest.approx([first / total, 1 - first / total], rel=1e-10)
