@@ -234,14 +234,22 @@ def allocate_dims(sizes: Sequence[int], d: int, weights: Sequence[float] | None 
     total = sum(w[g] for g in open_)
     for g in open_:
         dims[g] = max(1, int(budget * w[g] / total + 1e-9))
+    # Hand the rounding remainder out (largest fractional parts first) so that Σ d_g = d.
+    left = budget - sum(dims[g] for g in open_)
+    for g in sorted(open_, key=lambda i: -((budget * w[i] / total) % 1.0)):
+        if left <= 0:
+            break
+        if dims[g] < sizes[g]:
+            dims[g] += 1
+            left -= 1
     return dims
 
 
 class KroneckerProjector:
     """Per-module Kronecker-factored projection of a model's per-sample logit gradients.
 
-    d: the total budget; the dimension used (``self.d``, ≤ d unless there are more
-    parameterised modules than d) is the sum of the modules' shares. Needs a model the
+    d: the total budget; the dimension used (``self.d``) is d, or p when every module fits
+    (R = I), or more than d only when there are more parameterised modules than d. Needs a model the
     structured NTK path supports (:func:`infoscore.ntk.structured_modules`).
     """
 

@@ -80,10 +80,11 @@ MEASURES: tuple[str, ...] = ("weights", "predictions", "weights_full")
 METHODS: tuple[str, ...] = ("exact", "projected")
 
 # Defaults (documented in docs/jobs/sample-information.md).
-# λ = scale · tr(Θ)/(nk) when l2 is None. exact: 1e-3 (digits AUROC 0.975 in SCIENCE 2.8, 0.988 measured).
-# projected: 1.0; below it the tail of Θ that Φ = JR loses (nk > d) dominates the ridge and the scores
-# stop tracking the exact ones (Spearman 0.31 at 1e-3 vs 0.82 at 1, d = 1024; 0.56 vs 0.95, d = 4096).
-DEFAULT_L2_AUTO_SCALE: dict[str, float] = {"exact": 1e-3, "projected": 1.0}
+# One automatic-ridge rule for both methods: λ = scale · tr(Θ)/(nk) when l2 is None, scale 1.0.
+# The projected path approximates the exact one at the same λ (Spearman 0.966 at n = 1000, d = 2048,
+# Kronecker projection); at the former exact default 1e-3 the LOO changes live in the tail of Θ that
+# any d-dimensional projection loses (Spearman 0.26-0.56), so the two methods estimated different things.
+DEFAULT_L2_AUTO_SCALE: dict[str, float] = {"exact": 1.0, "projected": 1.0}
 DEFAULT_MAX_EXACT_NK = 20_000  # Θ and P: 2 · 8 · N² bytes = 6.4 GB at N = 20000
 DEFAULT_MAX_FULL_P = 5_000  # weights_full: p x p eigendecomposition
 DEFAULT_MAX_FINITE_T_COST = 3e11  # n · N³ (exact) or n · d³ (projected) for finite-t LOO
@@ -511,7 +512,7 @@ def sample_information(
     inputs for F-SI (required when ``"predictions"`` is measured), y_eval (m,) optional
     labels for the linearized test accuracy. ``lr``/``l2`` are in the mean-loss form
     (η = lr/n, λ = n·l2); ``l2=None`` picks λ = l2_auto_scale · tr(Θ)/(nk) (scale-free).
-    ``l2_auto_scale=None`` means 1e-3 for ``exact`` and 1.0 for ``projected`` (see
+    ``l2_auto_scale=None`` means 1.0 for both methods (one rule; see
     ``DEFAULT_L2_AUTO_SCALE``). ``t=None`` is t = ∞. method: ``exact`` (default; refused beyond nk > max_exact_nk)
     or ``projected`` (d = projection_dim, R seeded by ``seed``).
 

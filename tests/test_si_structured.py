@@ -89,3 +89,19 @@ def test_bad_kernel_method_and_projection_structure() -> None:
         sample_information(model, kernel_method="fast", **kw)
     with pytest.raises(InvalidInputError, match="'projection_structure'"):
         sample_information(model, method="projected", projection_structure="sparse", **kw)
+
+
+def test_one_automatic_ridge_rule_for_exact_and_projected() -> None:
+    """With l2 = null both methods pick λ = scale·tr(Θ)/(nk) with the same scale: a projection
+    that keeps every coordinate then reproduces exact SI, ridge included."""
+    from infoscore.sample_info import DEFAULT_L2_AUTO_SCALE
+
+    assert DEFAULT_L2_AUTO_SCALE["exact"] == DEFAULT_L2_AUTO_SCALE["projected"]
+    model, kw = _problem({"arch": "mlp", "hidden": [5]}, (6,))
+    kw.pop("l2")
+    exact = sample_information(model, **kw)
+    proj = sample_information(model, method="projected", projection_dim=10**6, **kw)
+    assert exact.info["l2_auto_scale"] == proj.info["l2_auto_scale"]
+    assert proj.info["lam"] == pytest.approx(exact.info["lam"], rel=1e-6)
+    assert proj.si_weights is not None and exact.si_weights is not None
+    np.testing.assert_allclose(proj.si_weights, exact.si_weights, rtol=2e-5)
