@@ -295,7 +295,13 @@ def case_sweep(args: argparse.Namespace) -> None:
     Θ, its Cholesky and Φ are formed once per (scale, d); kernel-level functions only.
     """
     from infoscore.ntk import ntk_gram
-    from infoscore.projection import KroneckerProjector, kronecker_features, projected_features, projector_for
+    from infoscore.projection import (
+        KroneckerProjector,
+        kronecker_features,
+        projected_features,
+        projector_for,
+        trace_shares,
+    )
     from infoscore.sample_info import loo_infinite, loo_primal
 
     ds = synthetic(args.n, args.dim, args.k, args.m, seed=args.seed)
@@ -313,7 +319,9 @@ def case_sweep(args: argparse.Namespace) -> None:
         for d in args.dims:
             if structure == "kronecker":
                 features[structure, d] = kronecker_features(
-                    model, x, KroneckerProjector(model, d, seed=args.seed)
+                    model,
+                    x,
+                    KroneckerProjector(model, d, seed=args.seed, weights=trace_shares(model, x[:512])),
                 )
             else:
                 features[structure, d] = projected_features(
