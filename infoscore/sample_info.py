@@ -472,9 +472,12 @@ def _accuracy(logits: Tensor, y: Tensor | None) -> float:
 
 
 def exact_memory_bytes(n: int, k: int, p: int, m: int) -> int:
-    """Rough peak of the exact method: J (float64), Θ and P (N²), δ (N n), eval chunks."""
+    """Rough peak of the exact method with the structured kernel: Θ and one N² buffer (the
+    factor, then P in place), δ (N n) and one block of the cross kernel (128 k × N). The J Jᵀ
+    fallback and ``weights_full`` add J (N p)."""
+    del p, m  # the structured path's peak does not depend on them (signature kept)
     big_n = n * k
-    return 8 * (big_n * p + 2 * big_n * big_n + big_n * n + p * (n + 1)) + 8 * 128 * k * p
+    return 8 * (2 * big_n * big_n + big_n * n + 128 * k * big_n)
 
 
 def sample_information(
