@@ -163,8 +163,8 @@ def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: floa
     coefficients are pad(u₋ᵢ) = a' − P'_{:,i}c'_i, so δ_i = u − pad(u₋ᵢ) = e + P'_{:,i}c'_i
     with e = u − a' (zero when λ_loo = λ), and, using ΘP' = I − λ_loo P',
     ‖Δw_i‖² = δ_iᵀΘδ_i = eᵀΘe + 2 g_iᵀc'_i + c'_iᵀ(P' − λ_loo P'²)_ii c'_i, g = e − λ_loo P'e.
-    Jitter added by the ladder is part of the ridge. Peak memory: Θ plus one N² buffer
-    (factor, then P' in place).
+    Jitter added by the ladder is part of the ridge. Peak memory: Θ plus two N² buffers
+    (the factor and W = L⁻¹, briefly together), then Θ and W.
     """
     n_total = theta.shape[0]
     n = n_total // k
@@ -181,22 +181,26 @@ def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: floa
     else:
         lam_loo_eff = lam + jitter
     a = torch.cholesky_solve(r0.reshape(-1, 1), factor).reshape(-1)
-    p_mat = torch.cholesky_inverse(factor, out=factor)  # in place: P' over the factor
+    # W = L⁻¹ by one triangular solve (BLAS-3; LAPACK's potri is several times slower here),
+    # so P' = WᵀW: P'_ii = W_{:,i}ᵀW_{:,i} and P'_{:,i}c_i = Wᵀ(W C) with C block-diagonal.
+    w = torch.eye(n_total, dtype=torch.float64, device=theta.device)
+    torch.linalg.solve_triangular(factor, w, upper=False, out=w)
     del factor
-    p_ii = _diag_blocks(p_mat, n, k)
-    c = torch.linalg.solve(p_ii, a.reshape(n, k, 1)).squeeze(-1)  # (n, k)
-    cols = p_mat.reshape(n_total, n, k)  # cols[:, i, :] = P'[:, block i] (P' symmetric)
-    # (P'²)_ii = P'_{:,i}ᵀ P'_{:,i}, batched over chunks of samples (bounded copies).
-    p2_ii = torch.empty_like(p_ii)
+    w_cols = w.reshape(n_total, n, k)
+    p_ii = torch.empty((n, k, k), dtype=torch.float64, device=theta.device)
     for lo in range(0, n, 256):
-        blk = cols[:, lo : lo + 256, :]
-        p2_ii[lo : lo + 256] = torch.einsum("zia,zib->iab", blk, blk)
-    q = p_ii - lam_loo_eff * p2_ii
-    sq = torch.einsum("ia,iab,ib->i", c, q, c)
-    delta = torch.einsum("zia,ia->zi", cols, c)
+        blk = w_cols[:, lo : lo + 256, :]
+        p_ii[lo : lo + 256] = torch.einsum("zia,zib->iab", blk, blk)
+    c = torch.linalg.solve(p_ii, a.reshape(n, k, 1)).squeeze(-1)  # (n, k)
+    c_mat = torch.zeros((n, k, n), dtype=torch.float64, device=theta.device)
+    c_mat.diagonal(dim1=0, dim2=2).copy_(c.T)
+    delta = w.T @ (w @ c_mat.reshape(n_total, n))  # column i = P'_{:,i} c_i
+    del c_mat
+    # c_iᵀ(P' − λ_loo P'²)_ii c_i = c_iᵀP'_ii c_i − λ_loo‖P'_{:,i}c_i‖².
+    sq = torch.einsum("ia,iab,ib->i", c, p_ii, c) - lam_loo_eff * (delta * delta).sum(0)
     if lam_loo != lam:
         e = u - a
-        g = (e - lam_loo_eff * (p_mat @ e)).reshape(n, k)
+        g = (e - lam_loo_eff * (w.T @ (w @ e))).reshape(n, k)
         sq = sq + float(e @ (theta @ e)) + 2.0 * (g * c).sum(1)
         delta += e.reshape(-1, 1)
     return KernelLoo(sq.clamp_min(0.0), delta, u, jitter, eps, s_min, s_max)
@@ -472,12 +476,12 @@ def _accuracy(logits: Tensor, y: Tensor | None) -> float:
 
 
 def exact_memory_bytes(n: int, k: int, p: int, m: int) -> int:
-    """Rough peak of the exact method with the structured kernel: Θ and one N² buffer (the
-    factor, then P in place), δ (N n) and one block of the cross kernel (128 k × N). The J Jᵀ
-    fallback and ``weights_full`` add J (N p)."""
+    """Rough peak of the exact method with the structured kernel: Θ, the factor and W = L⁻¹
+    (N² each), δ (N n) and one block of the cross kernel (128 k × N). The J Jᵀ fallback and
+    ``weights_full`` add J (N p)."""
     del p, m  # the structured path's peak does not depend on them (signature kept)
     big_n = n * k
-    return 8 * (2 * big_n * big_n + big_n * n + 128 * k * big_n)
+    return 8 * (3 * big_n * big_n + 2 * big_n * n + 128 * k * big_n)
 
 
 def sample_information(
