@@ -215,10 +215,8 @@ def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: floa
         blk = w_cols[:, lo : lo + 256, :]
         p_ii[lo : lo + 256] = torch.einsum("zia,zib->iab", blk, blk)
     c = torch.linalg.solve(p_ii, a.reshape(n, k, 1)).squeeze(-1)  # (n, k)
-    c_mat = torch.zeros((n, k, n), dtype=torch.float64, device=theta.device)
-    c_mat.diagonal(dim1=0, dim2=2).copy_(c.T)
-    delta = w.T @ (w @ c_mat.reshape(n_total, n))  # column i = P'_{:,i} c_i
-    del c_mat
+    # W C (C block-diagonal with c_i in block i) is W_{:,i}c_i per column: O(N²), no GEMM.
+    delta = w.T @ torch.einsum("zia,ia->zi", w_cols, c)  # column i = P'_{:,i} c_i
     # c_iᵀ(P' − λ_loo P'²)_ii c_i = c_iᵀP'_ii c_i − λ_loo‖P'_{:,i}c_i‖².
     sq = torch.einsum("ia,iab,ib->i", c, p_ii, c) - lam_loo_eff * (delta * delta).sum(0)
     if lam_loo != lam:
