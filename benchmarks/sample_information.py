@@ -30,6 +30,8 @@ from infoscore.linearized import cholesky_with_jitter, one_hot
 from infoscore.ntk import per_sample_jacobians
 from infoscore.sample_info import sample_information
 
+START = time.perf_counter()
+
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
@@ -292,42 +294,63 @@ def case_sweep(args: argparse.Namespace) -> None:
 
     Θ, its Cholesky and Φ are formed once per (scale, d); kernel-level functions only.
     """
-    from infoscore.projection import projected_features, projector_for
+    from infoscore.ntk import ntk_gram
+    from infoscore.projection import (
+        KroneckerProjector,
+        kronecker_features,
+        projected_features,
+        projector_for,
+        trace_shares,
+    )
     from infoscore.sample_info import loo_infinite, loo_primal
 
     ds = synthetic(args.n, args.dim, args.k, args.m, seed=args.seed)
     model = mlp(args.hidden, args.dim, args.k)
     x, y = torch.tensor(ds.x_train), torch.tensor(ds.y_train)
     big_n = args.n * args.k
-    jac = per_sample_jacobians(model, x).double().reshape(big_n, -1)
-    theta = jac @ jac.T
-    del jac
+    tic = time.perf_counter()
+    theta = ntk_gram(model, x)  # structured (per-layer factors), float64
+    print(f"# structured Θ ({big_n}²): {time.perf_counter() - tic:.1f} s", flush=True)
     with torch.no_grad():
         r0 = model(x).double().reshape(-1) - one_hot(y, args.k).reshape(-1)
     mean_diag = float(torch.trace(theta)) / big_n
-    features = {
-        d: projected_features(model, x, projector_for(model, d, seed=args.seed)).reshape(big_n, d)
-        for d in args.dims
-    }
+    features: dict[tuple[str, int], Any] = {}
+    for structure in args.structures:
+        for d in args.dims:
+            if structure == "kronecker":
+                features[structure, d] = kronecker_features(
+                    model,
+                    x,
+                    KroneckerProjector(model, d, seed=args.seed, weights=trace_shares(model, x[:512])),
+                )
+            else:
+                features[structure, d] = projected_features(
+                    model, x, projector_for(model, d, seed=args.seed)
+                ).reshape(big_n, d)
     print(
-        "| n | k | p | scale (λ = scale·tr Θ/(nk)) | d | Spearman SI (proj vs exact) | exact wall s | proj wall s |"
+        "| n | k | p | scale (λ = scale·tr Θ/(nk)) | projection | d | Spearman SI (proj vs exact) "
+        "| exact wall s | proj wall s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for scale in args.scales:
         lam = scale * mean_diag
         tic = time.perf_counter()
         exact = loo_infinite(theta, r0, k=args.k, lam=lam).sq_weight_change.numpy()
         t_exact = time.perf_counter() - tic
-        for d, phi in features.items():
+        for (structure, _d), phi in features.items():
             tic = time.perf_counter()
             proj = loo_primal(phi, r0, k=args.k, lam=lam).sq_weight_change.numpy()
             t_proj = time.perf_counter() - tic
             rho = gt.spearman(proj, exact)
             p = sum(q.numel() for q in model.parameters())
             print(
-                f"| {args.n} | {args.k} | {p} | {scale:g} | {d} | {rho:.3f} | {t_exact:.0f} | {t_proj:.0f} |",
+                f"| {args.n} | {args.k} | {p} | {scale:g} | {structure} | {phi.shape[1]} | {rho:.3f} "
+                f"| {t_exact:.0f} | {t_proj:.0f} |",
                 flush=True,
             )
+    print(
+        f"# process: wall {time.perf_counter() - START:.0f} s, CPU {cpu_seconds():.0f} s, peak RSS {peak_rss_gib():.2f} GiB"
+    )
 
 
 CASES = {
@@ -368,6 +391,9 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--scales", type=float, nargs="+", default=[1e-3, 1e-1, 1.0])
     parser.add_argument("--dims", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument(
+        "--structures", nargs="+", choices=["kronecker", "dense"], default=["kronecker", "dense"]
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     header(args)

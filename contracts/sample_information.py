@@ -68,7 +68,7 @@ class SampleInformationParams(Strict):
         default=None,
         gt=0.0,
         le=1e6,
-        description="used when l2 is null; null = 1e-3 (exact) or 1.0 (projected)",
+        description="used when l2 is null; null = 1.0 (exact and projected)",
     )
     sigma: float = Field(default=1.0, gt=0.0, le=1e6, description="smoothing std: scores are /(2 sigma^2)")
     measures: list[Measure] = Field(default=["weights", "predictions"], min_length=1)

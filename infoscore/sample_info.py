@@ -50,6 +50,7 @@ from torch.func import functional_call, grad, vmap
 
 from .errors import InvalidInputError, NumericalError, invalid
 from .linearized import (
+    JITTER_LADDER,
     LOO_LAMBDAS,
     TIME_MODES,
     TimeMode,
@@ -59,9 +60,29 @@ from .linearized import (
     one_hot,
     sum_form,
 )
-from .ntk import flat_parameters, jacobian_chunks, parameter_count, per_sample_jacobians
+from .ntk import (
+    KERNEL_METHODS,
+    flat_parameters,
+    ntk_cross_chunks,
+    ntk_gram,
+    parameter_count,
+    per_sample_jacobians,
+    resolve_kernel_method,
+    structured_supported,
+)
 from .progress import ProgressFn, StopFn, check_stop
-from .projection import PROJECTION_KINDS, ROW_BLOCK, Projector, projected_features, projector_for
+from .projection import (
+    PROJECTION_KINDS,
+    PROJECTION_STRUCTURES,
+    ROW_BLOCK,
+    FactoredFeatures,
+    KroneckerProjector,
+    Projector,
+    kronecker_features,
+    projected_features,
+    projector_for,
+    trace_shares,
+)
 
 Measure = Literal["weights", "predictions", "weights_full", "weights_full_linearized"]
 Method = Literal["exact", "projected"]
@@ -70,10 +91,11 @@ FULL_MEASURES = ("weights_full", "weights_full_linearized")
 METHODS: tuple[str, ...] = ("exact", "projected")
 
 # Defaults (documented in docs/jobs/sample-information.md).
-# λ = scale · tr(Θ)/(nk) when l2 is None. exact: 1e-3 (digits AUROC 0.975 in docs/science.md §2.8, 0.988 measured).
-# projected: 1.0; below it the tail of Θ that Φ = JR loses (nk > d) dominates the ridge and the scores
-# stop tracking the exact ones (Spearman 0.31 at 1e-3 vs 0.82 at 1, d = 1024; 0.56 vs 0.95, d = 4096).
-DEFAULT_L2_AUTO_SCALE: dict[str, float] = {"exact": 1e-3, "projected": 1.0}
+# One automatic-ridge rule for both methods: λ = scale · tr(Θ)/(nk) when l2 is None, scale 1.0.
+# The projected path approximates the exact one at the same λ (Spearman 0.966 at n = 1000, d = 2048,
+# Kronecker projection); at the former exact default 1e-3 the LOO changes live in the tail of Θ that
+# any d-dimensional projection loses (Spearman 0.26-0.56), so the two methods estimated different things.
+DEFAULT_L2_AUTO_SCALE: dict[str, float] = {"exact": 1.0, "projected": 1.0}
 DEFAULT_MAX_EXACT_NK = 20_000  # Θ and P: 2 · 8 · N² bytes = 6.4 GB at N = 20000
 DEFAULT_MAX_FULL_P = 5_000  # weights_full: p x p eigendecomposition
 # Finite-t LOO has no fixed cap: its cost goes through the job estimator (contracts/estimate.py),
@@ -126,33 +148,100 @@ def _extreme_eigs(a: Tensor, factor: Tensor, shift: float = 0.0, iters: int = 30
     return 1.0 / s_inv, s_max
 
 
-def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float) -> KernelLoo:
+def _extreme_eigs_block(
+    theta: Tensor, w: Tensor, shift: float, iters: int = 20, block: int = 8
+) -> tuple[float, float]:
+    """(s_min, s_max) of A = Θ + shift·I by block subspace iteration (Rayleigh–Ritz) on A and
+    on A⁻¹ = WᵀW (W = L⁻¹): BLAS-3 passes over N² instead of one-vector triangular solves."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(theta.shape[0], min(block, theta.shape[0]), dtype=torch.float64, generator=gen)
+    v = torch.linalg.qr(start.to(theta.device)).Q
+    u = v.clone()
+    for _ in range(iters):
+        v = torch.linalg.qr(theta @ v + shift * v).Q
+        u = torch.linalg.qr(w.T @ (w @ u)).Q
+    s_max = float(torch.linalg.eigvalsh(_sym(v.T @ (theta @ v))).max()) + shift
+    wu = w @ u
+    inv_max = float(torch.linalg.eigvalsh(_sym(wu.T @ wu)).max())
+    return 1.0 / inv_max, s_max
+
+
+def _factor_in_place(theta: Tensor, lam: float, out: Tensor | None = None) -> tuple[Tensor, float, float]:
+    """Lower Cholesky factor of Θ + λI written over ``out`` (or a fresh copy of Θ), with the
+    jitter ladder of :func:`infoscore.linearized.cholesky_with_jitter` (ε·tr(A)/N on
+    failure). Returns (factor, eps, jitter). Memory: one N² buffer beside Θ (no eye, no
+    symmetrized copy: Cholesky reads one triangle)."""
+    n_total = theta.shape[0]
+    buf = torch.empty_like(theta, dtype=torch.float64) if out is None else out
+    scale = (float(torch.trace(theta.to(torch.float64))) + lam * n_total) / max(n_total, 1)
+    if not scale > 0:
+        raise NumericalError(f"loo_infinite: Θ + λI has non-positive trace ({scale!r})")
+    info = torch.empty((), dtype=torch.int32, device=theta.device)
+    for eps in JITTER_LADDER:
+        buf.copy_(theta)
+        buf.diagonal().add_(lam + eps * scale)
+        torch.linalg.cholesky_ex(buf, out=(buf, info))
+        if int(info) == 0:
+            return buf, eps, eps * scale
+    raise NumericalError(
+        f"A is not positive definite even with jitter {JITTER_LADDER[-1]:g}·tr(A)/N; "
+        "increase the ridge 'l2' or use a finite 't'"
+    )
+
+
+def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: float | None = None) -> KernelLoo:
     """Exact LOO at t = ∞ (docs/science.md §2.3), independent of p.
 
-    theta (N, N) float64, r0 (N,) -> KernelLoo. A = Θ + λI is Cholesky-factored (with the
-    jitter ladder); the jitter is part of the ridge, so ΘP = I − (λ + jitter)P is used.
+    theta (N, N) float64, r0 (N,) -> KernelLoo. The full run solves (Θ + λI)u = r₀; each
+    leave-one-out run uses the ridge λ_loo (default λ; ``loo_lambda: rescaled`` passes
+    (n−1)/n·λ). With P' = (Θ + λ_loo I)⁻¹, a' = P'r₀ and c'_i = P'_ii⁻¹a'_i the LOO
+    coefficients are pad(u₋ᵢ) = a' − P'_{:,i}c'_i, so δ_i = u − pad(u₋ᵢ) = e + P'_{:,i}c'_i
+    with e = u − a' (zero when λ_loo = λ), and, using ΘP' = I − λ_loo P',
+    ‖Δw_i‖² = δ_iᵀΘδ_i = eᵀΘe + 2 g_iᵀc'_i + c'_iᵀ(P' − λ_loo P'²)_ii c'_i, g = e − λ_loo P'e.
+    Jitter added by the ladder is part of the ridge. Peak memory: Θ plus two N² buffers
+    (the factor and W = L⁻¹, briefly together), then Θ and W.
     """
     n_total = theta.shape[0]
     n = n_total // k
-    a_mat = _sym(theta.to(torch.float64)) + lam * torch.eye(n_total, dtype=torch.float64)
-    chol = cholesky_with_jitter(a_mat)
-    del a_mat  # N² floats: peak memory is Θ, the factor and P
-    lam_eff = lam + chol.jitter
-    p_mat = _sym(torch.cholesky_inverse(chol.factor))
-    a = p_mat @ r0.to(torch.float64)
-    p_ii = _diag_blocks(p_mat, n, k)
-    c = torch.linalg.solve(p_ii, a.reshape(n, k, 1)).squeeze(-1)  # (n, k)
-    cols = p_mat.reshape(n_total, n, k)  # cols[:, i, :] = P[:, block i]
-    # (P²)_ii = P_{:,i}ᵀ P_{:,i}, batched over chunks of samples (bounded copies).
-    p2_ii = torch.empty_like(p_ii)
+    theta = theta.to(torch.float64)
+    r0 = r0.to(torch.float64).to(theta.device)
+    lam_loo = lam if lam_loo is None else float(lam_loo)
+    factor, eps, jitter = _factor_in_place(theta, lam)
+    u = torch.cholesky_solve(r0.reshape(-1, 1), factor).reshape(-1)
+    shift_full = lam + jitter
+    if lam_loo != lam:
+        factor, eps_loo, jitter_loo = _factor_in_place(theta, lam_loo, out=factor)
+        eps, jitter = max(eps, eps_loo), max(jitter, jitter_loo)
+        lam_loo_eff = lam_loo + jitter_loo
+    else:
+        lam_loo_eff = lam + jitter
+    a = torch.cholesky_solve(r0.reshape(-1, 1), factor).reshape(-1)
+    # W = L⁻¹ by one triangular solve (BLAS-3; LAPACK's potri is several times slower here),
+    # so P' = WᵀW: P'_ii = W_{:,i}ᵀW_{:,i} and P'_{:,i}c_i = Wᵀ(W C) with C block-diagonal.
+    w = torch.eye(n_total, dtype=torch.float64, device=theta.device)
+    torch.linalg.solve_triangular(factor, w, upper=False, out=w)
+    del factor
+    if lam_loo == lam:  # W is A⁻¹'s factor: estimate cond(A) from it
+        s_min, s_max = _extreme_eigs_block(theta, w, shift_full)
+    else:  # W belongs to the LOO ridge: s(A) = s(A_loo) − λ_loo_eff + λ_eff
+        s_min_loo, s_max_loo = _extreme_eigs_block(theta, w, lam_loo_eff)
+        s_min, s_max = s_min_loo - lam_loo_eff + shift_full, s_max_loo - lam_loo_eff + shift_full
+    w_cols = w.reshape(n_total, n, k)
+    p_ii = torch.empty((n, k, k), dtype=torch.float64, device=theta.device)
     for lo in range(0, n, 256):
-        blk = cols[:, lo : lo + 256, :]
-        p2_ii[lo : lo + 256] = torch.einsum("zia,zib->iab", blk, blk)
-    q = p_ii - lam_eff * p2_ii
-    sq = torch.einsum("ia,iab,ib->i", c, q, c).clamp_min(0.0)
-    delta = torch.einsum("zia,ia->zi", cols, c)
-    s_min, s_max = _extreme_eigs(theta.to(torch.float64), chol.factor, shift=lam_eff)
-    return KernelLoo(sq, delta, a, chol.jitter, chol.eps, s_min, s_max)
+        blk = w_cols[:, lo : lo + 256, :]
+        p_ii[lo : lo + 256] = torch.einsum("zia,zib->iab", blk, blk)
+    c = torch.linalg.solve(p_ii, a.reshape(n, k, 1)).squeeze(-1)  # (n, k)
+    # W C (C block-diagonal with c_i in block i) is W_{:,i}c_i per column: O(N²), no GEMM.
+    delta = w.T @ torch.einsum("zia,ia->zi", w_cols, c)  # column i = P'_{:,i} c_i
+    # c_iᵀ(P' − λ_loo P'²)_ii c_i = c_iᵀP'_ii c_i − λ_loo‖P'_{:,i}c_i‖².
+    sq = torch.einsum("ia,iab,ib->i", c, p_ii, c) - lam_loo_eff * (delta * delta).sum(0)
+    if lam_loo != lam:
+        e = u - a
+        g = (e - lam_loo_eff * (w.T @ (w @ e))).reshape(n, k)
+        sq = sq + float(e @ (theta @ e)) + 2.0 * (g * c).sum(1)
+        delta += e.reshape(-1, 1)
+    return KernelLoo(sq.clamp_min(0.0), delta, u, jitter, eps, s_min, s_max)
 
 
 FiniteTRoute = Literal["auto", "recurrence", "eigh"]
@@ -427,7 +516,7 @@ class PrimalLoo:
 
 
 def loo_primal(
-    phi: Tensor,
+    phi: Tensor | FactoredFeatures,
     r0: Tensor,
     *,
     k: int,
@@ -452,10 +541,11 @@ def loo_primal(
     n_total, d = phi.shape
     n = n_total // k
     lam_loo = lam if lam_loo is None else lam_loo
-    r0 = r0.to(torch.float64)
-    eye = torch.eye(d, dtype=torch.float64)
-    gram = torch.zeros((d, d), dtype=torch.float64)
-    b = torch.zeros(d, dtype=torch.float64)
+    dev = phi.device  # the algebra runs where the features are; results come back on the host
+    r0 = r0.to(device=dev, dtype=torch.float64)
+    eye = torch.eye(d, dtype=torch.float64, device=dev)
+    gram = torch.zeros((d, d), dtype=torch.float64, device=dev)
+    b = torch.zeros(d, dtype=torch.float64, device=dev)
     rows = chunk * k
     for lo in range(0, n_total, rows):
         block = phi[lo : lo + rows].to(torch.float64)
@@ -464,11 +554,11 @@ def loo_primal(
     gram = _sym(gram)
     cov_eval = None
     if phi_eval is not None:
-        pe = phi_eval.to(torch.float64)
+        pe = phi_eval.to(device=dev, dtype=torch.float64)
         cov_eval = _sym(pe.T @ pe)
-    sq = torch.empty(n, dtype=torch.float64)
-    sq_f = torch.empty(n, dtype=torch.float64) if cov_eval is not None else None
-    dv_all = torch.empty((n, d), dtype=torch.float64) if keep_dv else None
+    sq = torch.empty(n, dtype=torch.float64, device=dev)
+    sq_f = torch.empty(n, dtype=torch.float64, device=dev) if cov_eval is not None else None
+    dv_all = torch.empty((n, d), dtype=torch.float64, device=dev) if keep_dv else None
 
     def record(i0: int, dv: Tensor) -> None:  # dv (b, d)
         sq[i0 : i0 + dv.shape[0]] = (dv * dv).sum(1)
@@ -481,21 +571,31 @@ def loo_primal(
         chol = cholesky_with_jitter(gram + lam * eye)
         factor = chol.factor
         v = -torch.cholesky_solve(b.reshape(-1, 1), factor).reshape(-1)
+        s_min, s_max = _extreme_eigs(gram + lam * eye, factor, shift=chol.jitter)
+        jitter, jitter_eps = chol.jitter, chol.eps
+        # LOO runs with their own ridge (loo_lambda 'rescaled'): Δv_i = (v − v') + (v' − v'₋ᵢ)
+        # where v' is the full run at λ_loo and v' − v'₋ᵢ the Woodbury identity at λ_loo.
+        v_ref, offset = v, None
+        if lam_loo != lam:
+            chol = cholesky_with_jitter(gram + lam_loo * eye)
+            factor = chol.factor
+            v_ref = -torch.cholesky_solve(b.reshape(-1, 1), factor).reshape(-1)
+            offset = v - v_ref
+            jitter, jitter_eps = max(jitter, chol.jitter), max(jitter_eps, chol.eps)
         for i0 in range(0, n, chunk):
             check_stop(should_stop)
             block = phi[i0 * k : (i0 + chunk) * k].to(torch.float64)  # (bk, d)
             nb = block.shape[0] // k
-            rho = (r0[i0 * k : i0 * k + block.shape[0]] + block @ v).reshape(nb, k)
+            rho = (r0[i0 * k : i0 * k + block.shape[0]] + block @ v_ref).reshape(nb, k)
             z = torch.linalg.solve_triangular(factor, block.T, upper=False).reshape(d, nb, k)
             h = torch.einsum("zia,zib->iab", z, z)
-            c = torch.linalg.solve(torch.eye(k, dtype=torch.float64) - h, rho.unsqueeze(-1)).squeeze(-1)
+            c = torch.linalg.solve(eye[:k, :k] - h, rho.unsqueeze(-1)).squeeze(-1)
             y = torch.einsum("zia,ia->zi", z, c)
             dv = -torch.linalg.solve_triangular(factor.T, y, upper=True).T  # (nb, d)
-            record(i0, dv)
+            record(i0, dv if offset is None else dv + offset)
             if progress is not None:
                 progress(min(i0 + chunk, n), n)
-        s_min, s_max = _extreme_eigs(gram + lam * eye, factor, shift=chol.jitter)
-        return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, chol.jitter, chol.eps, s_min, s_max)
+        return PrimalLoo(*_host(sq.clamp_min(0.0), sq_f, v, dv_all), jitter, jitter_eps, s_min, s_max)
 
     s, vecs = torch.linalg.eigh(gram + lam * eye)
     v = -(vecs @ (gd_filter(s, eta=eta, t=t, time=time) * (vecs.T @ b)))
@@ -509,11 +609,17 @@ def loo_primal(
         record(i, (v - v_loo).reshape(1, -1))
         if progress is not None:
             progress(i + 1, n)
-    return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, 0.0, 0.0, float(s.min()), float(s.max()))
+    return PrimalLoo(*_host(sq.clamp_min(0.0), sq_f, v, dv_all), 0.0, 0.0, float(s.min()), float(s.max()))
+
+
+def _host(
+    sq: Tensor, sq_f: Tensor | None, v: Tensor, dv: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    return sq.cpu(), None if sq_f is None else sq_f.cpu(), v.cpu(), None if dv is None else dv.cpu()
 
 
 def loo_primal_finite(
-    phi: Tensor,
+    phi: Tensor | FactoredFeatures,
     r0: Tensor,
     *,
     k: int,
@@ -790,9 +896,12 @@ def _accuracy(logits: Tensor, y: Tensor | None) -> float:
 
 
 def exact_memory_bytes(n: int, k: int, p: int, m: int) -> int:
-    """Rough peak of the exact method: J (float64), Θ and P (N²), δ (N n), eval chunks."""
+    """Rough peak of the exact method with the structured kernel: Θ, the factor and W = L⁻¹
+    (N² each), δ (N n) and one block of the cross kernel (128 k × N). The J Jᵀ fallback and
+    ``weights_full`` add J (N p)."""
+    del p, m  # the structured path's peak does not depend on them (signature kept)
     big_n = n * k
-    return 8 * (big_n * p + 2 * big_n * big_n + big_n * n + p * (n + 1)) + 8 * 128 * k * p
+    return 8 * (3 * big_n * big_n + 2 * big_n * n + 128 * k * big_n)
 
 
 def finite_t_refusal(
@@ -852,6 +961,8 @@ def sample_information(
     max_delta_f_bytes: int = DEFAULT_MAX_DELTA_F_BYTES,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    kernel_method: str = "auto",
+    projection_structure: str = "kronecker",
 ) -> SampleInformation:
     """SI / F-SI of every training sample for ``model`` linearized at its current weights.
 
@@ -859,7 +970,7 @@ def sample_information(
     inputs for F-SI (required when ``"predictions"`` is measured or ``delta_f``), y_eval (m,)
     optional labels for the linearized test accuracy. ``lr``/``l2`` are in the mean-loss
     form (η = lr/n, λ = n·l2); ``l2=None`` picks λ = l2_auto_scale · tr(Θ)/(nk) (scale-free).
-    ``l2_auto_scale=None`` means 1e-3 for ``exact`` and 1.0 for ``projected`` (see
+    ``l2_auto_scale=None`` means 1.0 for both methods (one rule; see
     ``DEFAULT_L2_AUTO_SCALE``). ``t=None`` is t = ∞. method: ``exact`` (default; refused beyond nk > max_exact_nk)
     or ``projected`` (d = projection_dim, R seeded by ``seed``). ``max_finite_t_cost``: None
     (default) runs any finite t; a number refuses costlier ones (:func:`finite_t_refusal`).
@@ -881,6 +992,13 @@ def sample_information(
         and weights_full_jitter > 0
     ):
         raise invalid("weights_full_jitter", caller, "a float in (0, inf)", weights_full_jitter)
+    if kernel_method not in KERNEL_METHODS:
+        raise invalid("kernel_method", caller, f"one of {list(KERNEL_METHODS)}", kernel_method)
+    if projection_structure not in PROJECTION_STRUCTURES:
+        raise invalid(
+            "projection_structure", caller, f"one of {list(PROJECTION_STRUCTURES)}",
+            projection_structure,
+        )  # fmt: skip
     if y_train.shape[0] != n:
         raise invalid("y_train", caller, f"{n} labels", int(y_train.shape[0]))
     if "predictions" in measures and x_eval is None:
@@ -960,7 +1078,6 @@ def sample_information(
     }
     want_full = "weights_full" in measures
     want_full_lin = "weights_full_linearized" in measures
-    need_dw = "predictions" in measures or want_full or want_full_lin or y_eval is not None or delta_f
     dw_cols: Tensor | None = None  # (p or d, n+1): columns −Δw_i ... and the full run's w_t − w₀
     features_eval: Tensor | None = None
     sq_weights: Tensor
@@ -970,18 +1087,21 @@ def sample_information(
     delta_f_out: Tensor | None = None
 
     if method == "exact":
-        jac = per_sample_jacobians(model, x_train, batch_size=batch_size, should_stop=should_stop)
+        # Θ from per-layer factors (structured) unless the model needs the J Jᵀ reference.
+        info["kernel_method"] = resolve_kernel_method(model, kernel_method)
+        theta = ntk_gram(
+            model, x_train, kernel="full", batch_size=batch_size, should_stop=should_stop,
+            method=info["kernel_method"],
+        )  # fmt: skip
         stage_progress(0)(n, n)
-        jac = jac.to(torch.float64).reshape(big_n, p)
-        theta = jac @ jac.T
-        timings["jacobians_and_kernel_s"] = _time.perf_counter() - tic
+        timings["kernel_s"] = _time.perf_counter() - tic
         tic = _time.perf_counter()
         lam = _resolve_lambda(l2, l2_auto_scale, float(torch.trace(theta)), n, k)
         l2_eff = lam / n
         _, lam_loo = loo_sum_form(n, lr, l2_eff, loo_lambda)  # type: ignore[arg-type]
         r0 = r0.to(theta.device)
         if t is None:
-            res = loo_infinite(theta, r0, k=k, lam=lam)
+            res = loo_infinite(theta, r0, k=k, lam=lam, lam_loo=lam_loo)
         else:
             route = choose_finite_t_route(n, k, t, time)
             info["finite_t_route"] = route
@@ -996,13 +1116,11 @@ def sample_information(
         train_logits = (f0_train.reshape(-1).to(theta.device) - theta @ res.u).reshape(n, k)
         info.update(jitter=res.jitter, jitter_eps=res.jitter_eps, eig_min=res.eig_min, eig_max=res.eig_max)
         del theta
-        if need_dw:
+        if want_full or want_full_lin:  # p <= max_full_p: J is small here
             tic = _time.perf_counter()
+            jac = per_sample_jacobians(model, x_train, batch_size=batch_size, should_stop=should_stop)
+            jac = jac.to(torch.float64).reshape(big_n, p).to(res.delta.device)
             dw_cols = jac.T @ torch.cat([res.delta, res.u.reshape(-1, 1)], dim=1)  # (p, n+1)
-            timings["weight_changes_s"] = _time.perf_counter() - tic
-        if want_full or want_full_lin:
-            assert dw_cols is not None
-            tic = _time.perf_counter()
             hess = jac.T @ jac + (lam + res.jitter) * torch.eye(p, dtype=torch.float64, device=jac.device)
             dw = dw_cols[:, :n].T
             if want_full_lin:
@@ -1018,26 +1136,51 @@ def sample_information(
                 ).to(jac.device)  # fmt: skip
                 full_scores = weights_full_scores(hess, grads, dw, rel_jitter=weights_full_jitter)
             timings["weights_full_s"] = _time.perf_counter() - tic
-        del jac
+            del jac, dw_cols
         info["d"] = None
     else:
-        d = projection_dim
-        projector = projector_for(model, d, kind=projection, seed=seed)  # type: ignore[arg-type]
-        phi = projected_features(
-            model,
-            x_train,
-            projector,
-            batch_size=batch_size,
-            progress=stage_progress(0),
-            should_stop=should_stop,
-        ).reshape(big_n, d)
+        # Kronecker-factored projection from per-layer factors (no per-sample gradient) when
+        # the model allows it; the dense per-sample projection of J chunks otherwise.
+        structure = projection_structure
+        if structure == "kronecker" and not structured_supported(model):
+            structure = "dense"
+        info["projection_structure"] = structure
+        phi: Tensor | FactoredFeatures
+        if structure == "kronecker":
+            # d split over layers by their share of tr Θ on the first samples (deterministic).
+            kron = KroneckerProjector(
+                model,
+                projection_dim,
+                kind=projection,  # type: ignore[arg-type]
+                seed=seed,
+                device=x_train.device,
+                weights=trace_shares(model, x_train[:512]),
+            )
+            d = kron.d
+            info["projection_layer_dims"] = [g.d for g in kron.groups]
+            phi = kronecker_features(
+                model, x_train, kron, batch_size=max(batch_size, 512), progress=stage_progress(0),
+                should_stop=should_stop,
+            )  # fmt: skip
+        else:
+            d = projection_dim
+            projector = projector_for(model, d, kind=projection, seed=seed, device=x_train.device)  # type: ignore[arg-type]
+            phi = projected_features(
+                model, x_train, projector, batch_size=batch_size, progress=stage_progress(0),
+                should_stop=should_stop,
+            ).reshape(big_n, d)  # fmt: skip
         timings["projected_features_s"] = _time.perf_counter() - tic
         pdev = phi.device
         if x_eval is not None and n_eval_units:
             tic = _time.perf_counter()
-            features_eval = projected_features(
-                model, x_eval, projector, batch_size=batch_size, should_stop=should_stop
-            ).reshape(m * k, d)
+            if structure == "kronecker":
+                features_eval = kronecker_features(
+                    model, x_eval, kron, batch_size=max(batch_size, 512), should_stop=should_stop
+                ).dense()
+            else:
+                features_eval = projected_features(
+                    model, x_eval, projector, batch_size=batch_size, should_stop=should_stop
+                ).reshape(m * k, d)
             timings["projected_eval_features_s"] = _time.perf_counter() - tic
         tic = _time.perf_counter()
         trace = float(sum(float((phi[lo : lo + 65536].double() ** 2).sum()) for lo in range(0, big_n, 65536)))
@@ -1086,17 +1229,26 @@ def sample_information(
             if want_full:
                 # The network restricted to w₀ + R v: its v-gradients are Rᵀ∇_w at w_t = w₀ + R v.
                 w0 = flat_parameters(model).to(torch.float64)
-                w_t = w0 + _lift(projector, pres.v.to(w0.device))
+                r_dense: Tensor | None = None
+                if structure == "kronecker":  # R in full (p x d; d <= max_full_p here)
+                    r_dense = kron.dense().to(device=w0.device, dtype=torch.float64)
+                    w_t = w0 + r_dense @ pres.v.to(w0.device)
+                else:
+                    w_t = w0 + _lift(projector, pres.v.to(w0.device))
                 grads = torch.empty((n, d), dtype=torch.float64, device=pdev)
                 for start, g in per_sample_loss_gradients(
                     model, w_t, x_train, targets.to(w0.device), batch_size=batch_size, should_stop=should_stop
                 ):
-                    grads[start : start + g.shape[0]] = (
-                        projector.project(g.unsqueeze(1)).reshape(-1, d).to(device=pdev, dtype=torch.float64)
+                    projected = (
+                        g.to(torch.float64) @ r_dense
+                        if r_dense is not None
+                        else projector.project(g.unsqueeze(1)).reshape(-1, d)
                     )
+                    grads[start : start + g.shape[0]] = projected.to(device=pdev, dtype=torch.float64)
                 full_scores = weights_full_scores(hess, grads, pres.dv, rel_jitter=weights_full_jitter)
             timings["weights_full_s"] = _time.perf_counter() - tic
         info["d"] = d
+        info["projection_dim"] = projection_dim
         info["projection"] = projection
         del phi
 
@@ -1115,14 +1267,17 @@ def sample_information(
         if delta_f:
             delta_f_out = torch.empty((n, m, k), dtype=torch.float32, device=f0_eval.device)
         if method == "exact":
-            assert dw_cols is not None
-            sq_f = torch.zeros(n, dtype=torch.float64, device=dw_cols.device)
-            eval_logits = f0_eval.clone().to(dw_cols.device)
-            for start, chunk in jacobian_chunks(
-                model, x_eval, batch_size=batch_size, should_stop=should_stop
-            ):
-                b = chunk.shape[0]
-                out = chunk.to(torch.float64).reshape(b * k, p) @ dw_cols  # (bk, n+1)
+            # Δf_i(X') = −Θ(X', X)δ_i and f_t(X') = f₀(X') − Θ(X', X)u, one held-out chunk
+            # of the cross kernel at a time (no J, no weight-space vectors).
+            coef = torch.cat([res.delta, res.u.reshape(-1, 1)], dim=1)  # (nk, n+1)
+            sq_f = torch.zeros(n, dtype=torch.float64, device=coef.device)
+            eval_logits = f0_eval.clone().to(coef.device)
+            for start, block in ntk_cross_chunks(
+                model, x_eval, x_train, kernel="full", batch_size=batch_size,
+                method=info["kernel_method"], should_stop=should_stop,
+            ):  # fmt: skip
+                b = block.shape[0] // k
+                out = block.to(coef) @ coef  # (bk, n+1)
                 sq_f += (out[:, :n] ** 2).sum(0)
                 eval_logits[start : start + b] -= out[:, n].reshape(b, k)
                 if delta_f_out is not None:  # Δf_i(x') = J(x')Δw_i = −J(x')·(column i)

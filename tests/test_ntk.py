@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -69,3 +71,80 @@ def test_flat_parameters_round_trip(small: tuple[torch.nn.Module, torch.Tensor])
     ntk.set_flat_parameters(model, flat * 2)
     torch.testing.assert_close(ntk.flat_parameters(model), flat * 2)
     ntk.set_flat_parameters(model, flat)
+
+
+ARCHS: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
+    "linear": ({"arch": "linear"}, (12,)),
+    "mlp_bn": ({"arch": "mlp", "hidden": [16, 8], "batchnorm": True}, (12,)),
+    "mlp_tanh": ({"arch": "mlp", "hidden": [16], "activation": "tanh"}, (12,)),
+    "cnn": ({"arch": "cnn", "channels": [3, 4], "hidden": 8}, (1, 6, 6)),
+}
+
+
+def _arch(name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    spec, shape = ARCHS[name]
+    model = models.build_model(spec, shape, 5, seed=1).double()
+    gen = torch.Generator().manual_seed(2)
+    if spec.get("batchnorm"):  # non-trivial running statistics, then eval mode
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(64, *shape, generator=gen, dtype=torch.float64) * 2 + 1)
+    x1 = torch.randn(7, *shape, generator=gen, dtype=torch.float64)
+    x2 = torch.randn(4, *shape, generator=gen, dtype=torch.float64)
+    return model, x1, x2
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("kernel", ["full", "averaged", "trace"])
+def test_structured_kernel_equals_jacobian_kernel(arch: str, kernel: str) -> None:
+    model, x1, x2 = _arch(arch)
+    assert ntk.structured_supported(model)
+    for batch_size in (3, 100):
+        ref = ntk.ntk_gram(model, x1, x2, kernel=kernel, method="jacobian")  # type: ignore[arg-type]
+        got = ntk.ntk_gram(model, x1, x2, kernel=kernel, method="structured", batch_size=batch_size)  # type: ignore[arg-type]
+        assert got.shape == ref.shape and got.dtype == torch.float64
+        assert _rel(got, ref) < 1e-10
+        sym_ref = ntk.ntk_gram(model, x1, kernel=kernel, method="jacobian")  # type: ignore[arg-type]
+        sym = ntk.ntk_gram(model, x1, kernel=kernel, batch_size=batch_size)  # type: ignore[arg-type]
+        assert _rel(sym, sym_ref) < 1e-10
+
+
+def test_structured_is_the_default_and_batchnorm_uses_running_stats() -> None:
+    model, x1, _ = _arch("mlp_bn")
+    model.train()  # ntk_gram evaluates in eval mode whatever the module's mode
+    got = ntk.ntk_gram(model, x1)
+    assert model.training
+    ref = ntk.gram_from_jacobians(_slow_jacobian(model, x1))
+    assert _rel(got, ref) < 1e-10
+    assert ntk.resolve_kernel_method(model, "auto") == "structured"
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.tensor([1.5, -0.5, 2.0], dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.s
+
+
+def test_unknown_module_falls_back_to_jacobians() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), _Scale()).double()
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert not ntk.structured_supported(model)
+    assert ntk.resolve_kernel_method(model, "auto") == "jacobian"
+    with pytest.raises(ntk.UnsupportedModelError):
+        ntk.ntk_gram(model, x, method="structured")
+    torch.testing.assert_close(ntk.ntk_gram(model, x), ntk.gram_from_jacobians(_slow_jacobian(model, x)))
+
+
+def test_reused_module_falls_back() -> None:
+    lin = torch.nn.Linear(3, 3)
+    model = torch.nn.Sequential(lin, torch.nn.Tanh(), lin).double()
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ntk.UnsupportedModelError):
+        ntk.layer_factors(model, x)

@@ -197,18 +197,30 @@ def test_weights_full_jitter_is_relative_so_scores_follow_the_gradient_units() -
         torch.testing.assert_close(si.weights_full_scores(h, c * g, dw) * c**2, base, rtol=1e-6, atol=0)
 
 
-def test_projected_weights_full_is_named_and_computed_in_the_projection_space(tmp_path: Path) -> None:
+@pytest.mark.parametrize("structure", ["dense", "kronecker"])
+def test_projected_weights_full_is_named_and_computed_in_the_projection_space(
+    tmp_path: Path, structure: str
+) -> None:
+    from infoscore.projection import KroneckerProjector, trace_shares
+
     model = _tiny_net(seed=2)
     x, y, xe = _tiny_data(10)
     n, k, d, l2 = 10, 2, 16, 0.05
     res = si.sample_information(
         model, x, y, k=k, x_eval=xe, l2=l2, method="projected", projection_dim=d, seed=4,
-        measures=["weights", "weights_full"],
+        measures=["weights", "weights_full"], projection_structure=structure,
     )  # fmt: skip
     assert set(res.columns()) == {"si_weights", "si_weights_full_projected"}
     assert res.info["weights_full_space"] == "projection"
     # Reference: the network restricted to w₀ + R v; v-gradients Rᵀ∇_w, H_v = ΦᵀΦ + λI.
-    r = projector_for(model, d, seed=4).dense().double()
+    if structure == "dense":
+        r = projector_for(model, d, seed=4).dense().double()
+    else:  # the same R as the job: seed, budget split by trace shares
+        kron = KroneckerProjector(
+            model, d, kind="rademacher", seed=4, device=x.device, weights=trace_shares(model, x[:512])
+        )
+        r = kron.dense().double()
+        d = kron.d
     phi = per_sample_jacobians(model, x).double().reshape(n * k, -1) @ r
     r0 = (model(x) - one_hot(y, k)).detach().reshape(-1)
     lam = n * l2
