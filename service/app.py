@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -42,7 +41,7 @@ from .auth import Caller, KeyResolver, RateLimiter, authenticate
 from .checkpoints import check_checkpoint_ref
 from .errors import BodyLimitMiddleware, ProblemError, install_handlers, problem_response
 from .suggest import closest_name
-from .supervisor import is_loopback
+from .supervisor import is_loopback, ping_redis
 
 log = logging.getLogger("infoscore.api")
 
@@ -188,26 +187,15 @@ def _ping_broker(gw: Gateway, timeout: float = 2.0) -> None:
     """A Redis PING (after AUTH when the URL has a password) on a fresh socket: cheap,
     bounded by ``timeout``, and independent of the Celery client's connection state."""
     url = urlsplit(gw.settings.broker_url)
-    if url.scheme not in ("redis", "rediss") or url.scheme == "rediss":
+    if url.scheme != "redis":  # rediss (TLS) or another broker: ask through Celery
         with gw.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
         return
-    hello = b"PING\r\n"
-    expected = b"+PONG"
+    password = None
     if url.password:
         user = f"{unquote(url.username)} " if url.username else ""
-        hello = f"AUTH {user}{unquote(url.password)}\r\n".encode() + hello
-        expected = b"+OK\r\n+PONG"
-    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 6379), timeout=timeout) as sock:
-        sock.sendall(hello)
-        answer = b""
-        while len(answer) < len(expected):
-            chunk = sock.recv(64)
-            if not chunk:
-                break
-            answer += chunk
-    if not answer.startswith(expected):
-        raise ConnectionError(f"unexpected broker answer {answer[:40]!r}")
+        password = f"{user}{unquote(url.password)}"
+    ping_redis(url.hostname or "127.0.0.1", url.port or 6379, password, timeout=timeout)
 
 
 def _readiness(gw: Gateway) -> dict[str, str]:

@@ -58,25 +58,31 @@ def worker_niceness() -> int:
         ) from None
 
 
-def wait_for_redis(port: int, timeout: float = 20.0, password: str | None = None) -> None:
-    deadline = time.monotonic() + timeout
+def ping_redis(host: str, port: int, password: str | None = None, *, timeout: float = 1.0) -> None:
+    """One Redis PING on a fresh socket (after AUTH with ``password``): returns when the
+    server answers PONG, raises OSError or ConnectionError otherwise."""
     hello = b"PING\r\n" if password is None else f"AUTH {password}\r\nPING\r\n".encode()
     expected = b"+PONG" if password is None else b"+OK\r\n+PONG"
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(hello)
+        answer = b""
+        while len(answer) < len(expected):
+            chunk = s.recv(64)
+            if not chunk:
+                break
+            answer += chunk
+    if not answer.startswith(expected):
+        raise ConnectionError(f"unexpected answer from the broker: {answer[:40]!r}")
+
+
+def wait_for_redis(port: int, timeout: float = 20.0, password: str | None = None) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(hello)
-                answer = b""
-                while len(answer) < len(expected):
-                    chunk = s.recv(64)
-                    if not chunk:
-                        break
-                    answer += chunk
-                if answer.startswith(expected):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
+            ping_redis("127.0.0.1", port, password)
+            return
+        except (OSError, ConnectionError):
+            time.sleep(0.1)
     raise RuntimeError(f"the broker did not answer on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
