@@ -414,3 +414,25 @@ def test_derive_applies_decisions_exactly_to_an_upload(api: Any) -> None:
     relabelled = derived("relabel")
     assert relabelled["ids"].tolist() == list("abcdef")
     assert relabelled["y"].tolist() == [0, 0, 0, 0, 2, 2]  # b (a drop row) takes its suggestion too
+
+
+def test_runner_evaluates_an_upload_with_a_truth_column(tmp_path: Path, one_torch_thread: None) -> None:
+    """An upload that carried its true labels (truth_column / y_true) gets the detection
+    numbers in the summary, like a built-in."""
+    from infoscore.data import make_gaussians
+    from workers.runners import get_runner
+
+    ds = make_gaussians(n=240, dim=10, classes=3, separation=5.0, n_test=60, label_noise=0.2, seed=0)
+    dataset_id = "ds_" + "ab" * 16
+    (tmp_path / "datasets").mkdir()
+    np.savez(
+        tmp_path / "datasets" / f"{dataset_id}.npz",
+        x=ds.x_train, y=ds.y_train, y_true=ds.y_train_clean, x_test=ds.x_test, y_test=ds.y_test,
+    )  # fmt: skip
+    request = {**REQUEST, "dataset": dataset_id}
+    ctx = make_context(request, tmp_path / "work", data_dir=tmp_path)
+    out = get_runner("label-issues").run(ctx)
+    s = out.summary
+    for key in ("auroc_noisy", "flag_precision", "flag_recall", "suggested_label_accuracy"):
+        assert isinstance(s[key], float), key
+    assert s["auroc_noisy"] > 0.8
