@@ -423,6 +423,7 @@ def test_runner_evaluates_an_upload_with_a_truth_column(tmp_path: Path, one_torc
     from workers.runners import get_runner
 
     ds = make_gaussians(n=240, dim=10, classes=3, separation=5.0, n_test=60, label_noise=0.2, seed=0)
+    assert ds.y_train_clean is not None
     dataset_id = "ds_" + "ab" * 16
     (tmp_path / "datasets").mkdir()
     np.savez(
