@@ -102,6 +102,8 @@ class Client(threading.Thread):
         self.rng = random.Random(seed)
         self.accepted: set[str] = set()
         self.purged: set[str] = set()
+        # Purges whose answer was lost (the API was killed mid-request): the job may be gone.
+        self.purge_unanswered: set[str] = set()
         self.datasets: list[str] = []
         self.codes: Counter[str] = Counter()
         self.connection_errors = 0
@@ -165,6 +167,8 @@ class Client(threading.Thread):
                 r = self.request("DELETE", f"/v1/jobs/{job}", params={"purge": "true"})
                 if r is not None and r.status_code == 204:
                     self.purged.add(job)
+                elif r is None:
+                    self.purge_unanswered.add(job)
             else:
                 self.request("GET", "/v1/jobs", params={"limit": 20})
             time.sleep(self.rng.uniform(0.0, 0.05))
@@ -285,8 +289,12 @@ def main() -> None:
                     time.sleep(0.5)
                     continue
                 if r.status_code == 404:
-                    states["purged" if job in c.purged else "MISSING"] += 1
-                    if job not in c.purged:
+                    if job in c.purged:
+                        states["purged"] += 1
+                    elif job in c.purge_unanswered:  # purged, but the 204 was lost with the API
+                        states["purged (answer lost)"] += 1
+                    else:
+                        states["MISSING"] += 1
                         missing.append(job)
                     break
                 if r.status_code != 200:  # e.g. 429 from the per-key rate limit: slow down
@@ -309,7 +317,7 @@ def main() -> None:
     print(f"connection errors (API down): {sum(c.connection_errors for c in clients)}")
     for name, count in sorted(codes.items()):
         print(f"  {name:<28} {count:>7}")
-    print(f"accepted jobs: {accepted}; by final state: {dict(states)}; missing: {len(missing)}")
+    print(f"accepted jobs: {accepted}; by final state: {dict(states)}; missing: {len(missing)} {missing[:5]}")
     restarts = sum("the api exited (-9); restarting" in line for line in supervisor_out)
     print(f"supervisor restarts of the API: {restarts}")
     print(
