@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,3 +112,14 @@ class Runner:
     def reduce(self, ctx: JobContext, results: dict[str, dict[str, np.ndarray]]) -> JobOutput:
         """results maps unit name -> what run_unit returned."""
         raise NotImplementedError
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and ±inf -> None, recursively through dicts, lists and tuples (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

@@ -9,7 +9,6 @@ a derived dataset is cut from.
 from __future__ import annotations
 
 import io
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from contracts.label_issues import DECISION_COLUMNS, DECISIONS_ARTIFACT, SCORE_C
 from infoscore.data import Dataset
 from infoscore.label_issues import LabelIssuesConfig, find_label_issues
 
-from .base import JobContext, JobOutput, Runner
+from .base import JobContext, JobOutput, Runner, json_safe
 
 
 def known_true_labels(dataset: Dataset) -> np.ndarray | None:
@@ -54,16 +53,6 @@ def _named(labels: np.ndarray, names: list[str] | None, missing: int | None = No
     if missing is not None:
         out = np.where(labels == missing, None, out)
     return out
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def source_npz(dataset: Dataset) -> bytes:
@@ -178,4 +167,4 @@ class LabelIssuesRunner(Runner):
         if truth is not None:
             summary.update(res.evaluate(truth))
         summary["seconds"] = time.perf_counter() - started
-        return JobOutput(summary=_clean(summary), scores=scores, files=files)
+        return JobOutput(summary=json_safe(summary), scores=scores, files=files)

@@ -6,7 +6,6 @@ outputs. See docs/jobs/limit.md for the contract.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ from infoscore.data import Dataset
 from infoscore.models import save_safetensors
 from infoscore.scores import auroc
 
-from .base import JobContext, JobOutput, Runner
+from .base import JobContext, JobOutput, Runner, json_safe
 
 FANO_INFO_GRID_BITS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
@@ -68,17 +67,6 @@ def fano_summary(
         "implied_label_information_bits_per_sample": implied,
     }
     return lim.fano_min_error(law), details
-
-
-def _clean(value: Any) -> Any:
-    """NaN -> None, recursively (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def plot_curves(
@@ -251,7 +239,7 @@ class LimitRunner(Runner):
             "seconds": time.perf_counter() - started,
         }
         return JobOutput(
-            summary=_clean(summary),
+            summary=json_safe(summary),
             scores=scores,
             files={"model.safetensors": model_path, "curves.png": curves_path},
         )
