@@ -154,6 +154,37 @@ def test_broker_restart_mid_job_keeps_queued_work(tmp_path: Path, reference: pd.
         broker.proc.wait(timeout=10)
 
 
+def test_broker_restart_without_persistence_resends_queued_jobs(tmp_path: Path) -> None:
+    """A broker restarted empty (no append-only file, or one that never reached the disk)
+    has lost the queued job's message: the reaper sees the broker's new run_id and re-sends
+    it from the database at once, instead of after requeue_pending_after (an hour)."""
+    broker = start_redis(tmp_path / "redis", appendonly=False)
+    environment = Environment(data_dir=tmp_path / "data", broker_url=broker.url)
+    api = ApiProcess(environment, tmp_path / "api.log").start()
+    worker = WorkerProcess(environment, tmp_path / "worker.log").start()
+    params: dict[str, Any] = {**JOB["params"], "epochs": 200}  # type: ignore[dict-item]
+    long_job = {**JOB, "params": params}
+    try:
+        client = api.client()
+        first = client.post("/v1/jobs", json=long_job).json()
+        second = client.post("/v1/jobs", json={**JOB, "name": "queued behind"}).json()
+        wait_until(lambda: _progress(client, first["id"]) >= 2, 120, what="progress")
+        assert client.get(f"/v1/jobs/{second['id']}").json()["state"] == "queued"
+        broker.proc.send_signal(signal.SIGKILL)
+        broker.proc.wait(timeout=10)
+        shutil.rmtree(tmp_path / "redis")
+        broker = start_redis(tmp_path / "redis", port=broker.port, appendonly=False)
+        for job in (first, second):
+            done = _wait(client, job["id"], timeout=120)
+            assert done["state"] == "succeeded", done["error"]
+        assert "the broker restarted" in (tmp_path / "worker.log").read_text()
+    finally:
+        worker.stop()
+        api.kill()
+        broker.proc.terminate()
+        broker.proc.wait(timeout=10)
+
+
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)

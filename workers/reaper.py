@@ -1,6 +1,14 @@
 """The reaper: no job stays ``running`` after its worker died, none stays ``queued`` after
 its message was lost.
 
+Messages are lost in two ways: a publish that never reached the broker (re-sent after
+``requeue_pending_after``), and a broker that restarted without them (killed before its
+append-only file reached the disk, or run without persistence; a message a worker had
+taken but not acknowledged also stays parked until the visibility timeout). The second is
+noticed at once: the reaper watches the broker's ``run_id``, and when it changes, every
+queued job and pending unit is re-sent from the database, the source of truth. A duplicate
+message is harmless: it finds its job claimed or finished.
+
 Runs as a thread in every worker's parent process (several reapers are safe: each
 recovery is a conditional UPDATE, and a duplicate message finds its job claimed).
 """
@@ -20,9 +28,35 @@ from store.settings import WorkerSettings
 log = logging.getLogger("infoscore.reaper")
 
 
-def reap_once(store: JobStore, settings: WorkerSettings, send_task: Any) -> dict[str, int]:
-    """One sweep. Returns counts of what it did (for logs and tests)."""
+class BrokerWatch:
+    """Tells when the broker restarted since the last look (its ``run_id`` changed)."""
+
+    def __init__(self, broker_url: str) -> None:
+        self._client: Any = None
+        if broker_url.startswith(("redis://", "rediss://", "unix://")):
+            import redis
+
+            self._client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+        self._run_id: str | None = None
+
+    def restarted(self) -> bool:
+        if self._client is None:
+            return False
+        try:
+            run_id = str(self._client.info("server").get("run_id"))
+        except Exception:  # down right now: decide on the next look
+            return False
+        previous, self._run_id = self._run_id, run_id
+        return previous is not None and previous != run_id
+
+
+def reap_once(
+    store: JobStore, settings: WorkerSettings, send_task: Any, *, broker_restarted: bool = False
+) -> dict[str, int]:
+    """One sweep. Returns counts of what it did (for logs and tests). With
+    ``broker_restarted``, queued jobs and pending units are re-sent now, whatever their age."""
     counts = {"jobs_requeued": 0, "units_requeued": 0, "reduces_restarted": 0, "queued_resent": 0}
+    pending_after = 0.0 if broker_restarted else settings.requeue_pending_after
     for job in store.stale_running(settings.stale_after):
         units = store.units(job["id"])
         if units:
@@ -37,12 +71,12 @@ def reap_once(store: JobStore, settings: WorkerSettings, send_task: Any) -> dict
             log.warning("job %s lost its worker (attempt %d); re-queueing", job["id"], job["attempts"])
             send_task(names.RUN_JOB, args=[job["id"]], queue=names.QUEUE_JOBS)
             counts["jobs_requeued"] += 1
-    for unit in store.stale_units(settings.stale_after, settings.requeue_pending_after):
+    for unit in store.stale_units(settings.stale_after, pending_after):
         store.reset_unit(unit["job_id"], unit["name"])
         log.warning("unit %s of job %s lost; re-sending", unit["name"], unit["job_id"])
         send_task(names.RUN_UNIT, args=[unit["job_id"], unit["name"]], queue=names.QUEUE_JOBS)
         counts["units_requeued"] += 1
-    for job_id in store.stale_queued(settings.requeue_pending_after):
+    for job_id in store.stale_queued(pending_after):
         store.touch(job_id)
         send_task(names.RUN_JOB, args=[job_id], queue=names.QUEUE_JOBS)
         counts["queued_resent"] += 1
@@ -73,9 +107,14 @@ def apply_retention(store: JobStore, settings: WorkerSettings) -> dict[str, int]
 def run_reaper(app: Any, stop: threading.Event) -> None:
     settings = WorkerSettings()
     store = JobStore(settings.resolved_database_url())
+    broker = BrokerWatch(settings.broker_url)
+    broker.restarted()  # the first look only learns the run_id
     while not stop.wait(settings.reaper_interval):
         try:
-            counts = reap_once(store, settings, app.send_task)
+            restarted = broker.restarted()
+            if restarted:
+                log.warning("the broker restarted: re-sending queued jobs and pending units")
+            counts = reap_once(store, settings, app.send_task, broker_restarted=restarted)
             if any(counts.values()):
                 log.info("reaper: %s", counts)
         except Exception:
