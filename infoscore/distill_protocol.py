@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ from .errors import invalid
 from .models import build_model, count_parameters
 from .progress import ProgressFn, StopFn, no_progress
 from .training import accuracy, as_tensor, predict_logits
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STUDENT_SEED_OFFSET = 10_000
 SUBSAMPLE_SEED_OFFSET = 20_000
@@ -210,8 +213,8 @@ class SupervisionComplexityResult:
             "seconds": self.seconds,
         }
 
-    def table(self) -> None:
-        """No per-sample scores: the complexities are per target, not per sample."""
+    def table(self) -> pd.DataFrame | None:
+        """None: no per-sample scores (the complexities are per target, not per sample)."""
         return None
 
     def figures(self) -> dict[str, bytes]:
@@ -415,8 +418,8 @@ class DistillationResult:
             "seconds": self.seconds,
         }
 
-    def table(self) -> None:
-        """No per-sample scores."""
+    def table(self) -> pd.DataFrame | None:
+        """None: no per-sample scores."""
         return None
 
     def figures(self) -> dict[str, bytes]:
