@@ -90,16 +90,22 @@ class _Data:
 
 @dataclass(frozen=True)
 class NetworkStats:
-    """Accuracies (NaN when the dataset has no test split) and size of a trained network."""
+    """Accuracies (test: NaN when the dataset has no test split) and size of a trained network.
+
+    train_accuracy: the teacher's recomputed on the training split; the student's is its last
+    epoch's running training accuracy, as the job has always reported (None without epochs).
+    """
 
     train_accuracy: float | None
     test_accuracy: float
     parameters: int
 
 
-def _stats(model: nn.Module, data: _Data, train_accuracy: float | None = None) -> NetworkStats:
-    train = accuracy(model, data.x, data.y) if train_accuracy is None else train_accuracy
-    return NetworkStats(train, accuracy(model, data.x_test, data.y_test), count_parameters(model))
+def _stats(model: nn.Module, data: _Data) -> NetworkStats:
+    """Train accuracy recomputed on the whole training split (eval mode)."""
+    return NetworkStats(
+        accuracy(model, data.x, data.y), accuracy(model, data.x_test, data.y_test), count_parameters(model)
+    )
 
 
 def _teacher_summary(stats: NetworkStats, epochs: int) -> dict[str, Any]:
