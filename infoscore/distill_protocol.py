@@ -30,7 +30,6 @@ from torch import nn
 from . import distill
 from .data import Dataset
 from .distill_config import DistillationConfig, SupervisionComplexityConfig
-from .errors import invalid
 from .models import build_model, count_parameters
 from .progress import ProgressFn, StopFn, no_progress
 from .training import accuracy, as_tensor, predict_logits
@@ -470,10 +469,8 @@ def distillation(
     k = dataset.n_classes
     modes = c.modes()
     curve_epochs = c.curve_epoch_list()
-    bad = [e for e in curve_epochs if e > c.epochs]
-    if bad:  # the config checks this too; kept for configs built around __post_init__
-        raise invalid("curve_epochs", "distillation", f"epochs in 0..{c.epochs} (epochs)", bad)
-    distill.check_distill_params("none", c.temperature, c.alpha, None)  # τ and α, before training
+    # The config checked its fields when built (curve epochs within epochs, τ, α); what
+    # needs the data is checked here, before any training.
     distill.check_kernel_size(min(c.subsample, dataset.n_train), k, c.kernel, "distillation")
     needs_teacher = any(m != "none" for m in modes) or bool(curve_epochs)
     stages = _Stages(
