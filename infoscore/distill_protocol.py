@@ -20,7 +20,7 @@ import io
 import math
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +122,30 @@ def _safetensors_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return bytes(save(state, metadata=metadata))
+
+
+def _train_teacher(
+    data: _Data,
+    c: SupervisionComplexityConfig | DistillationConfig,
+    checkpoints: Sequence[int] | None,
+    progress: ProgressFn,
+    should_stop: StopFn | None,
+) -> distill.TeacherRun:
+    """The teacher (seed ``c.seed``) trained on the labels, keeping ``checkpoints``
+    (None = every epoch)."""
+    return distill.train_teacher(
+        data.build(c.teacher, c.seed),
+        data.x,
+        data.y,
+        epochs=c.teacher_epochs,
+        checkpoints=checkpoints,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        optimizer=c.optimizer,
+        seed=c.seed,
+        progress=progress,
+        should_stop=should_stop,
+    )
 
 
 def plot_complexity(
@@ -268,19 +292,7 @@ def supervision_complexity(
     distill.check_kernel_size(min(c.subsample, dataset.n_train), k, c.kernel, "supervision_complexity")
     stages = _Stages(progress or no_progress, c.teacher_epochs + student_epochs + len(student_ckpts))
 
-    teacher = distill.train_teacher(
-        data.build(c.teacher, seed),
-        x,
-        y,
-        epochs=c.teacher_epochs,
-        checkpoints=checkpoints,
-        batch_size=c.batch_size,
-        lr=c.lr,
-        optimizer=c.optimizer,
-        seed=seed,
-        progress=stages.stage(c.teacher_epochs),
-        should_stop=should_stop,
-    )
+    teacher = _train_teacher(data, c, checkpoints, stages.stage(c.teacher_epochs), should_stop)
     idx = distill.subsample_indices(dataset.n_train, c.subsample, seed=seed + SUBSAMPLE_SEED_OFFSET).to(
         data.device
     )
@@ -444,6 +456,36 @@ class DistillationResult:
         return _safetensors_bytes(self.students[self.best_mode], {"mode": self.best_mode, "seed": "0"})
 
 
+class _CurveTargets:
+    """Targets of the complexity curves at student epoch e: labels, random labels and the
+    final teacher at τ, plus (when ``online`` runs) the teacher checkpoint used at e, whose
+    soft labels are computed once per teacher epoch."""
+
+    def __init__(
+        self,
+        base: Sequence[distill.Target],
+        teacher: distill.TeacherRun | None,
+        x_sub: torch.Tensor,
+        y_sub: torch.Tensor,
+        temperature: float,
+    ) -> None:
+        self.base, self.teacher, self.x_sub, self.y_sub = base, teacher, x_sub, y_sub
+        self.temperature = temperature
+        self.cache: dict[int, distill.Target] = {}
+
+    def __call__(self, epoch: int) -> Sequence[distill.Target]:
+        if self.teacher is None:
+            return self.base
+        t_epoch = self.teacher.checkpoint_for(epoch)
+        if t_epoch not in self.cache:
+            logits = predict_logits(self.teacher.at_epoch(t_epoch), self.x_sub)
+            values = distill.soft_targets(logits, self.temperature)
+            acc = float((values.argmax(1) == self.y_sub).double().mean())
+            name = f"teacher_checkpoint:{t_epoch}"
+            self.cache[t_epoch] = distill.Target(name, values, float(self.temperature), acc)
+        return [*self.base, self.cache[t_epoch]]
+
+
 def distillation(
     dataset: Dataset,
     model: Mapping[str, Any] | None = None,
@@ -465,7 +507,6 @@ def distillation(
     seed = c.seed
     spec = DEFAULT_STUDENT if model is None else model
     data = _Data.of(dataset, device)
-    x, y = data.x, data.y
     k = dataset.n_classes
     modes = c.modes()
     curve_epochs = c.curve_epoch_list()
@@ -476,27 +517,15 @@ def distillation(
     stages = _Stages(
         progress or no_progress, (c.teacher_epochs if needs_teacher else 0) + c.epochs * c.seeds * len(modes)
     )
-
     teacher: distill.TeacherRun | None = None
     if needs_teacher:
-        teacher = distill.train_teacher(
-            data.build(c.teacher, seed),
-            x,
-            y,
-            epochs=c.teacher_epochs,
-            checkpoints=None if "online" in modes else [],
-            batch_size=c.batch_size,
-            lr=c.lr,
-            optimizer=c.optimizer,
-            seed=seed,
-            progress=stages.stage(c.teacher_epochs),
-            should_stop=should_stop,
-        )
+        keep: list[int] | None = None if "online" in modes else []  # online: every epoch
+        teacher = _train_teacher(data, c, keep, stages.stage(c.teacher_epochs), should_stop)
 
     idx = distill.subsample_indices(dataset.n_train, c.subsample, seed=seed + SUBSAMPLE_SEED_OFFSET).to(
         data.device
     )
-    x_sub, y_sub = x[idx], y[idx]
+    x_sub, y_sub = data.x[idx], data.y[idx]
     base_targets = distill.build_targets(
         y_sub,
         k,
@@ -505,28 +534,15 @@ def distillation(
         temperatures=[c.temperature],
         random_seed=seed + RANDOM_LABELS_SEED_OFFSET,
     )
-    online_cache: dict[int, distill.Target] = {}
-
-    def targets_at(epoch: int) -> Sequence[distill.Target]:
-        if teacher is None or "online" not in modes:
-            return base_targets
-        t_epoch = teacher.checkpoint_for(epoch)
-        if t_epoch not in online_cache:
-            values = distill.soft_targets(predict_logits(teacher.at_epoch(t_epoch), x_sub), c.temperature)
-            acc = float((values.argmax(1) == y_sub).double().mean())
-            online_cache[t_epoch] = distill.Target(
-                f"teacher_checkpoint:{t_epoch}", values, float(c.temperature), acc
-            )
-        return [*base_targets, online_cache[t_epoch]]
+    online = teacher if "online" in modes else None
+    targets_at = _CurveTargets(base_targets, online, x_sub, y_sub, c.temperature)
 
     results = {m: ModeResult() for m in modes}
     curves: list[dict[str, Any]] = []
     first_students: dict[str, nn.Module] = {}
     for s in range(c.seeds):
-        student_seed = seed + STUDENT_SEED_OFFSET + s
         for mode in modes:
-            student = data.build(spec, student_seed)
-            hook = None
+            hook: Callable[[int, nn.Module], None] | None = None
             rows: list[distill.ComplexityRow] = []
             if s == 0 and curve_epochs:
                 hook, rows = distill.complexity_curve_hook(
@@ -537,36 +553,29 @@ def distillation(
                     jitter=c.jitter,
                     should_stop=should_stop,
                 )
-            trained = distill.distill_student(
-                student,
-                x,
-                y,
-                mode=mode,
-                teacher=teacher,
-                temperature=c.temperature,
-                alpha=c.alpha,
-                epochs=c.epochs,
-                batch_size=c.batch_size,
-                lr=c.lr,
-                optimizer=c.optimizer,
-                seed=student_seed,
-                on_epoch=hook,
-                progress=stages.stage(c.epochs),
-                should_stop=should_stop,
+            student, train_accuracy = _train_student(
+                data,
+                spec,
+                c,
+                mode,
+                seed + STUDENT_SEED_OFFSET + s,
+                teacher,
+                hook,
+                stages.stage(c.epochs),
+                should_stop,
             )
             results[mode].test_accuracies.append(accuracy(student, data.x_test, data.y_test))
-            results[mode].train_accuracies.append(trained.train_accuracy[-1])
+            results[mode].train_accuracies.append(train_accuracy)
             if s == 0:
                 first_students[mode] = student
                 curves.extend({**r, "mode": mode} for r in distill.rows_as_dicts(rows))
 
-    best = best_mode(results)
     return DistillationResult(
         config=c,
         modes=results,
         curves=curves,
         students=first_students,
-        best_mode=best,
+        best_mode=best_mode(results),
         teacher=None if teacher is None else teacher.model,
         teacher_stats=None if teacher is None else _stats(teacher.model, data),
         m=int(idx.numel()),
@@ -574,6 +583,40 @@ def distillation(
         curve_epochs=curve_epochs,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _train_student(
+    data: _Data,
+    spec: Mapping[str, Any],
+    c: DistillationConfig,
+    mode: str,
+    seed: int,
+    teacher: distill.TeacherRun | None,
+    hook: Callable[[int, nn.Module], None] | None,
+    progress: ProgressFn,
+    should_stop: StopFn | None,
+) -> tuple[nn.Module, float]:
+    """One student (init and data order from ``seed``) trained with ``mode``'s supervision;
+    returns it and its last epoch's training accuracy."""
+    student = data.build(spec, seed)
+    trained = distill.distill_student(
+        student,
+        data.x,
+        data.y,
+        mode=mode,
+        teacher=teacher,
+        temperature=c.temperature,
+        alpha=c.alpha,
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        optimizer=c.optimizer,
+        seed=seed,
+        on_epoch=hook,
+        progress=progress,
+        should_stop=should_stop,
+    )
+    return student, trained.train_accuracy[-1]
 
 
 def best_mode(results: Mapping[str, ModeResult]) -> str:
