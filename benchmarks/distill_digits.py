@@ -49,7 +49,11 @@ def run(runner: Runner, request: dict[str, Any], workdir: Path) -> JobOutput:
         should_stop=lambda: False,
         workdir=workdir,
     )
-    return runner.run(ctx)
+    output = runner.run(ctx)
+    for name, content in output.files.items():  # the runners return bytes; keep the figures
+        if isinstance(content, bytes):
+            (workdir / name).write_bytes(content)
+    return output
 
 
 def fmt(v: float | None, spec: str = ".3f") -> str:

@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING
 from .errors import Cancelled, InfoscoreError, InvalidInputError, NumericalError
 
 if TYPE_CHECKING:
+    from .distill_config import DistillationConfig as DistillationConfig
+    from .distill_config import SupervisionComplexityConfig as SupervisionComplexityConfig
+    from .distill_protocol import DistillationResult as DistillationResult
+    from .distill_protocol import SupervisionComplexityResult as SupervisionComplexityResult
+    from .distill_protocol import distillation as distillation
+    from .distill_protocol import supervision_complexity as supervision_complexity
     from .label_issues import LabelIssues as LabelIssues
     from .label_issues import LabelIssuesConfig as LabelIssuesConfig
     from .label_issues import find_label_issues as find_label_issues
@@ -24,6 +30,12 @@ _LAZY = {
     "find_label_issues": "label_issues",
     "LabelIssuesConfig": "label_issues",
     "LabelIssues": "label_issues",
+    "supervision_complexity": "distill_protocol",
+    "SupervisionComplexityConfig": "distill_config",
+    "SupervisionComplexityResult": "distill_protocol",
+    "distillation": "distill_protocol",
+    "DistillationConfig": "distill_config",
+    "DistillationResult": "distill_protocol",
 }
 __all__ += list(_LAZY)
 

@@ -37,13 +37,13 @@ import copy
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .distill_config import ComplexityKernel, DistillMode
 from .errors import NumericalError, invalid
 from .ntk import ntk_gram
 from .progress import ProgressFn, StopFn, check_stop
@@ -53,20 +53,6 @@ DEFAULT_JITTER = 1e-6
 # Largest side of K we agree to form: a float64 12000² matrix is ~1.2 GB, and the
 # Cholesky factor doubles it.
 MAX_KERNEL_SIDE = 12_000
-
-
-class ComplexityKernel(StrEnum):
-    """Which student NTK the complexity uses."""
-
-    # default: m×m, so the Cholesky costs O(m³) instead of O((mk)³); per class targets.
-    AVERAGED = "averaged"
-    FULL = "full"  # mk×mk, exact for a k-output kernel machine
-
-
-class DistillMode(StrEnum):
-    NONE = "none"  # labels only, cross-entropy
-    OFFLINE = "offline"  # final frozen teacher
-    ONLINE = "online"  # teacher checkpoint of the student's current epoch
 
 
 # ---------------------------------------------------------------------------------------
