@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 from .errors import Cancelled, InfoscoreError, InvalidInputError, NumericalError
 
 if TYPE_CHECKING:
+    from .fcmi import FcmiResult as FcmiResult
+    from .fcmi import fcmi_bound as fcmi_bound
+    from .fcmi_config import FcmiConfig as FcmiConfig
     from .label_issues import LabelIssues as LabelIssues
     from .label_issues import LabelIssuesConfig as LabelIssuesConfig
     from .label_issues import find_label_issues as find_label_issues
@@ -24,6 +27,9 @@ _LAZY = {
     "find_label_issues": "label_issues",
     "LabelIssuesConfig": "label_issues",
     "LabelIssues": "label_issues",
+    "fcmi_bound": "fcmi",
+    "FcmiConfig": "fcmi_config",
+    "FcmiResult": "fcmi",
 }
 __all__ += list(_LAZY)
 
