@@ -28,6 +28,12 @@ Estimation, per supersample, from its k2 units:
   +(m_S - 1)/(2 k2), a raise, not a cut;
 * bound = (1/n) Σ_i sqrt(2 Î_i); gap = mean over the k2 units of (train acc - held-out acc).
 
+The experiment (``fcmi_bound``, the ``fcmi-bound`` job kind) is three pure steps, which
+the service's fan-out also calls, one unit per task: ``plan`` (config -> one
+:class:`FcmiUnit` per (n, supersample), each carrying everything its result depends on),
+``run_unit`` (one unit's k2 trainings, batched) and ``reduce`` (the units' predictions ->
+:class:`FcmiResult`, with the summary, CSVs and figures of the job).
+
 Seeds of a unit (``unit_seeds``):
 
 * default: the init seed and the data-order seed both equal
