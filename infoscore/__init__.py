@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from .distill_protocol import SupervisionComplexityResult as SupervisionComplexityResult
     from .distill_protocol import distillation as distillation
     from .distill_protocol import supervision_complexity as supervision_complexity
+    from .fcmi import FcmiResult as FcmiResult
+    from .fcmi import fcmi_bound as fcmi_bound
+    from .fcmi_config import FcmiConfig as FcmiConfig
     from .label_issues import LabelIssues as LabelIssues
     from .label_issues import LabelIssuesConfig as LabelIssuesConfig
     from .label_issues import find_label_issues as find_label_issues
@@ -36,6 +39,9 @@ _LAZY = {
     "distillation": "distill_protocol",
     "DistillationConfig": "distill_config",
     "DistillationResult": "distill_protocol",
+    "fcmi_bound": "fcmi",
+    "FcmiConfig": "fcmi_config",
+    "FcmiResult": "fcmi",
 }
 __all__ += list(_LAZY)
 

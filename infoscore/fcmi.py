@@ -28,6 +28,12 @@ Estimation, per supersample, from its k2 units:
   +(m_S - 1)/(2 k2), a raise, not a cut;
 * bound = (1/n) Σ_i sqrt(2 Î_i); gap = mean over the k2 units of (train acc - held-out acc).
 
+The experiment (``fcmi_bound``, the ``fcmi-bound`` job kind) is three pure steps, which
+the service's fan-out also calls, one unit per task: ``plan`` (config -> one
+:class:`FcmiUnit` per (n, supersample), each carrying everything its result depends on),
+``run_unit`` (one unit's k2 trainings, batched) and ``reduce`` (the units' predictions ->
+:class:`FcmiResult`, with the summary, CSVs and figures of the job).
+
 Seeds of a unit (``unit_seeds``):
 
 * default: the init seed and the data-order seed both equal
@@ -40,38 +46,31 @@ Seeds of a unit (``unit_seeds``):
 
 from __future__ import annotations
 
+import io
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .errors import invalid
+from .fcmi_config import FcmiConfig, Learner, MiEstimator
 from .models import build_model
-from .progress import StopFn
+from .progress import ProgressFn, StopFn, check_stop
 from .training import Ensemble, as_tensor, ensemble_supported, predict_logits, train_classifier
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .data import Dataset
 
 DETERMINISTIC_SEED = 42
 # Domain tags keep the supersample and selector streams apart when their seeds coincide.
 _SUPERSAMPLE_TAG = 0x5C1
 _SELECTOR_TAG = 0x5E1
-
-
-class MiEstimator(StrEnum):
-    """How Î(S_i; u_i) is estimated from k2 draws."""
-
-    PLUGIN = "plugin"  # default: the official estimator, the only one comparable with published numbers
-    MILLER_MADOW = "miller_madow"  # Miller-Madow on each entropy of Î; labelled "bias-corrected"
-
-
-class Learner(StrEnum):
-    """What a unit trains."""
-
-    MODEL = "model"  # default: a registered architecture (infoscore.models.build_model), trained by SGD/Adam
-    ONE_NN = "1nn"  # 1-nearest-neighbour on flattened inputs: memorizes its training set (control)
 
 
 @dataclass(frozen=True)
@@ -620,3 +619,523 @@ def experimental_binary_kl(estimate: SupersampleEstimate) -> dict[str, float]:
         "test_error_bound": test_bound,
         "gap_bound": test_bound - train_error,
     }
+
+
+# ---------------------------------------------------------------- the experiment: plan, units, reduce
+
+MI_LABELS = {
+    MiEstimator.PLUGIN: "plug-in (biased upward; comparable with published numbers)",
+    MiEstimator.MILLER_MADOW: "bias-corrected (Miller-Madow; not a guaranteed bound)",
+}
+# ``fcmi_bound(model=None)`` trains the registry's MLP with its defaults (infoscore.models).
+DEFAULT_MODEL: dict[str, Any] = {
+    "arch": "mlp",
+    "hidden": [256],
+    "activation": "relu",
+    "batchnorm": False,
+    "dropout": 0.0,
+}
+_KIND = "fcmi-bound"
+
+
+def unit_name(n: int, supersample: int) -> str:
+    """The name of the unit of size ``n`` and supersample seed ``supersample``."""
+    return f"n{n}-s{supersample}"
+
+
+@dataclass(frozen=True)
+class FcmiUnit:
+    """One independent piece of an f-CMI experiment: the k2 selector draws
+    ``selector_seeds`` of the supersample of size ``n`` drawn with ``supersample_seed``,
+    trained together (one batched ensemble).
+
+    It holds everything its result depends on besides the dataset, so :func:`run_unit`
+    needs nothing else (no plan). ``learner = "model"``: the model spec, the training
+    recipe, the init and data-order seed of each draw (``init_seeds``, :func:`unit_seeds`)
+    and ``eval_epochs``, the epochs it records (the config's ``eval_epochs`` and the last).
+    ``learner = "1nn"``: those fields are None (the 1-NN control depends on none of them).
+    """
+
+    name: str
+    n: int
+    supersample_seed: int
+    selector_seeds: tuple[int, ...]
+    learner: str = Learner.MODEL.value
+    model: Mapping[str, Any] | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    init_seeds: tuple[int, ...] | None = None
+    eval_epochs: tuple[int, ...] | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The unit as a JSON-able dict (the service hashes it into the unit's cache key;
+        :meth:`from_params` reads it back)."""
+        params: dict[str, Any] = {
+            "n": self.n,
+            "supersample_seed": self.supersample_seed,
+            "selector_seeds": list(self.selector_seeds),
+            "learner": self.learner,
+        }
+        if Learner(self.learner) is Learner.MODEL:
+            params.update(
+                model=self.model,
+                epochs=self.epochs,
+                lr=self.lr,
+                batch_size=self.batch_size,
+                optimizer=self.optimizer,
+                init_seeds=list(self.init_seeds or ()),
+                eval_epochs=list(self.eval_epochs or ()),
+            )
+        return params
+
+    @classmethod
+    def from_params(cls, name: str, params: Mapping[str, Any]) -> FcmiUnit:
+        """The unit :meth:`params` describes; keys it does not know (e.g. the service's
+        dataset reference) are ignored."""
+        learner = Learner(params["learner"])
+        n = int(params["n"])
+        supersample = int(params["supersample_seed"])
+        selectors = tuple(int(j) for j in params["selector_seeds"])
+        if learner is not Learner.MODEL:
+            return cls(name, n, supersample, selectors, learner.value)
+        return cls(
+            name,
+            n,
+            supersample,
+            selectors,
+            learner.value,
+            model=params["model"],
+            epochs=int(params["epochs"]),
+            lr=float(params["lr"]),
+            batch_size=int(params["batch_size"]),
+            optimizer=str(params["optimizer"]),
+            init_seeds=tuple(int(v) for v in params["init_seeds"]),
+            eval_epochs=tuple(int(e) for e in params["eval_epochs"]),
+        )
+
+
+def check_pool(pool_size: int, config: FcmiConfig) -> None:
+    """2 * max(n) <= the training rows, else InvalidInputError naming ``n``."""
+    if 2 * max(config.n) > pool_size:
+        raise invalid(
+            "n",
+            _KIND,
+            f"a list of sizes with 2 * max(n) <= {pool_size} (the training samples)",
+            list(config.n),
+        )
+
+
+def _model_spec(model: Mapping[str, Any] | None) -> dict[str, Any]:
+    from .models import ARCHITECTURES
+
+    spec = dict(DEFAULT_MODEL if model is None else model)
+    if spec.get("arch") not in ARCHITECTURES:
+        raise invalid("model", _KIND, f"a model spec with 'arch' one of {sorted(ARCHITECTURES)}", model)
+    return spec
+
+
+def plan(dataset: Dataset, model: Mapping[str, Any] | None, config: FcmiConfig) -> list[FcmiUnit]:
+    """One unit per (n, supersample s < k1), n in config order; each holds the k2 selector
+    draws j < k2 of its supersample. Pure: draws nothing, trains nothing.
+
+    Raises InvalidInputError (``n``) when 2 * max(n) exceeds the dataset's training rows.
+    """
+    check_pool(dataset.n_train, config)
+    learner = Learner(config.learner)
+    selectors = tuple(range(config.k2))
+    if learner is not Learner.MODEL:
+        return [
+            FcmiUnit(unit_name(n, s), n, s, selectors, learner.value)
+            for n in config.n
+            for s in range(config.k1)
+        ]
+    spec = _model_spec(model)
+    recorded = recorded_epochs(config.epochs, config.eval_epochs)
+    units = []
+    for n in config.n:
+        for s in range(config.k1):
+            units.append(
+                FcmiUnit(
+                    unit_name(n, s),
+                    n,
+                    s,
+                    selectors,
+                    learner.value,
+                    model=spec,
+                    epochs=config.epochs,
+                    lr=config.lr,
+                    batch_size=config.batch_size,
+                    optimizer=config.optimizer,
+                    init_seeds=tuple(
+                        unit_seeds(config.seed, s, j, deterministic=config.deterministic) for j in selectors
+                    ),
+                    eval_epochs=recorded,
+                )
+            )
+    return units
+
+
+def run_unit(
+    dataset: Dataset,
+    unit: FcmiUnit,
+    *,
+    device: torch.device | str = "cpu",
+    should_stop: StopFn | None = None,
+) -> dict[str, np.ndarray]:
+    """Train the unit's k2 learners (batched) on ``dataset``'s training rows.
+
+    -> predictions (E, k2, n, 2) int16 after each recorded epoch, epochs (E,) int64,
+    selectors (k2, n) int8, accuracy (E, k2, 2) float64 = [train, held-out],
+    seconds (1,) float64. Reads only ``unit`` and the dataset, so a unit's result is the
+    same in every experiment that plans it (the service caches units by content).
+    """
+    start = time.perf_counter()
+    n = unit.n
+    pairs = make_supersample(dataset.n_train, n, unit.supersample_seed)
+    selectors = np.stack([draw_selector(n, j) for j in unit.selector_seeds])
+    learner = Learner(unit.learner)
+    if learner is Learner.MODEL:
+        if (
+            unit.model is None
+            or unit.epochs is None
+            or unit.lr is None
+            or unit.batch_size is None
+            or unit.optimizer is None
+            or unit.init_seeds is None
+        ):
+            raise invalid("unit", "fcmi.run_unit", "a model unit with its model, recipe and seeds", unit)
+        batch = train_units(
+            dataset.x_train,
+            dataset.y_train,
+            pairs,
+            selectors,
+            n_classes=dataset.n_classes,
+            seeds=list(unit.init_seeds),
+            learner=learner,
+            model_spec=unit.model,
+            input_shape=dataset.input_shape,
+            epochs=unit.epochs,
+            batch_size=unit.batch_size,
+            lr=unit.lr,
+            optimizer=unit.optimizer,
+            eval_epochs=list(unit.eval_epochs or ()),
+            device=_device(device),
+            should_stop=should_stop,
+        )
+    else:
+        batch = train_units(
+            dataset.x_train,
+            dataset.y_train,
+            pairs,
+            selectors,
+            n_classes=dataset.n_classes,
+            seeds=list(range(len(selectors))),
+            learner=learner,
+        )
+    return {
+        "predictions": batch.predictions,
+        "epochs": batch.epochs,
+        "selectors": selectors,
+        "accuracy": np.stack([batch.train_accuracy, batch.heldout_accuracy], axis=-1).astype(np.float64),
+        "seconds": np.array([time.perf_counter() - start], dtype=np.float64),
+    }
+
+
+def _device(device: torch.device | str) -> torch.device:
+    from .training import resolve_device
+
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+@dataclass
+class FcmiResult:
+    """The estimates of one f-CMI experiment.
+
+    estimates: n -> the k1 supersamples' estimates after the last epoch, n in config order ·
+    aggregates: one :class:`Aggregate` per n (mean and std over supersamples), config order ·
+    by_epoch_estimates: n -> recorded epoch -> the k1 estimates after that epoch (empty
+    unless ``config.eval_epochs``) · settings: the run's settings as the summary reports
+    them · seconds: the units' training seconds plus the reduce time.
+    """
+
+    config: FcmiConfig
+    estimates: dict[int, list[SupersampleEstimate]]
+    aggregates: list[Aggregate]
+    by_epoch_estimates: dict[int, dict[int, list[SupersampleEstimate]]]
+    settings: dict[str, Any]
+    seconds: float
+
+    def results(self) -> list[dict[str, Any]]:
+        """One row per n (config order): bound and gap mean and std, accuracies, units."""
+        return [_result_row(agg) for agg in self.aggregates]
+
+    def by_epoch(self) -> list[dict[str, Any]]:
+        """One row per (n, recorded epoch), n in config order and epochs ascending: the keys
+        of :meth:`results` plus ``epoch`` and ``mi_mean``. Empty without eval_epochs."""
+        rows = []
+        for n, per_epoch in self.by_epoch_estimates.items():
+            for epoch, ests in per_epoch.items():
+                row = _result_row(aggregate(n, ests))
+                row["mi_mean"] = float(np.mean([est.mi.mean() for est in ests]))
+                rows.append({"epoch": epoch, **row})
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        """The ``fcmi-bound`` job's summary (docs/jobs/fcmi-bound.md)."""
+        estimator = MiEstimator(self.config.mi_estimator)
+        bias_by_n = [{"n": agg.n, "bias_estimate": agg.bias_estimate} for agg in self.aggregates]
+        summary: dict[str, Any] = {
+            "kind": _KIND,
+            "results": self.results(),
+            "settings": self.settings,
+            "mi_estimator": estimator.value,
+            "mi_estimator_label": MI_LABELS[estimator],
+            "units_of_information": "nats",
+            # Mean over pairs of the plug-in bias Miller-Madow estimates, (m_SU - m_S - m_U + 1)/(2 k2), nats per pair.
+            "bias_estimate": float(np.mean([b["bias_estimate"] for b in bias_by_n])),
+            "bias_estimate_by_n": bias_by_n,
+            "seconds": self.seconds,
+        }
+        if self.config.eval_epochs:
+            summary["by_epoch"] = self.by_epoch()
+        if self.config.experimental:
+            summary["experimental"] = {
+                "label": "unverified: binary-KL form, mean per-pair MI standing in for f-CMI/n",
+                "supersamples": [
+                    {"n": n, "supersample": s, **experimental_binary_kl(est)}
+                    for n, ests in self.estimates.items()
+                    for s, est in enumerate(ests)
+                ],
+            }
+        return summary
+
+    def table(self) -> pd.DataFrame | None:
+        """None: no per-sample table: a pair's MI belongs to a pair of a random supersample, not
+        to one training sample (``data_files`` has the per-pair MI)."""
+        return None
+
+    def data_files(self) -> dict[str, bytes]:
+        """``mi.csv`` (n, supersample, pair, mi) after the last epoch and, with eval_epochs,
+        ``mi_by_epoch.csv`` (epoch, n, supersample, pair, mi). MI in nats."""
+        rows = ["n,supersample,pair,mi"]
+        for n, ests in self.estimates.items():
+            for s, est in enumerate(ests):
+                rows.extend(f"{n},{s},{i},{v:.10g}" for i, v in enumerate(est.mi))
+        files = {"mi.csv": ("\n".join(rows) + "\n").encode()}
+        if self.config.eval_epochs:
+            epoch_rows = ["epoch,n,supersample,pair,mi"]
+            for n, per_epoch in self.by_epoch_estimates.items():
+                for epoch, ests in per_epoch.items():
+                    for s, est in enumerate(ests):
+                        epoch_rows.extend(f"{epoch},{n},{s},{i},{v:.10g}" for i, v in enumerate(est.mi))
+            files["mi_by_epoch.csv"] = ("\n".join(epoch_rows) + "\n").encode()
+        return files
+
+    def figures(self) -> dict[str, bytes]:
+        """PNG files: ``bound.png`` (bound and gap vs n) and, with eval_epochs,
+        ``bound_epochs.png`` (bound and gap vs epoch, one colour per n)."""
+        estimator = MiEstimator(self.config.mi_estimator)
+        figures = {"bound.png": plot_bound(self.results(), estimator)}
+        if self.config.eval_epochs:
+            figures["bound_epochs.png"] = plot_bound_epochs(self.by_epoch(), estimator)
+        return figures
+
+
+def _result_row(agg: Aggregate) -> dict[str, Any]:
+    return {
+        "n": agg.n,
+        "gap_mean": agg.gap_mean,
+        "gap_std": agg.gap_std,
+        "bound_mean": agg.bound_mean,
+        "bound_std": agg.bound_std,
+        "train_acc": agg.train_accuracy,
+        "test_acc": agg.heldout_accuracy,
+        "units": agg.units,
+    }
+
+
+def reduce(
+    dataset: Dataset,
+    model: Mapping[str, Any] | None,
+    config: FcmiConfig,
+    results: Mapping[str, Mapping[str, np.ndarray]],
+) -> FcmiResult:
+    """The units' results (unit name -> what :func:`run_unit` returned) -> per supersample:
+    per-pair MI, bound, gap; per n: mean and std over supersamples; the same after every
+    recorded epoch. Every planned unit must be there (InvalidInputError ``results``)."""
+    start = time.perf_counter()
+    estimator = MiEstimator(config.mi_estimator)
+    learner = Learner(config.learner)
+    missing = [unit_name(n, s) for n in config.n for s in range(config.k1) if unit_name(n, s) not in results]
+    if missing:
+        raise invalid("results", "fcmi.reduce", "one result per planned unit", f"{len(missing)} missing")
+    unit_seconds = 0.0
+    estimates: dict[int, list[SupersampleEstimate]] = {}
+    by_epoch: dict[int, dict[int, list[SupersampleEstimate]]] = {}
+    aggregates = []
+    for n in config.n:
+        draws = [results[unit_name(n, s)] for s in range(config.k1)]
+        unit_seconds += float(sum(float(d["seconds"][0]) for d in draws))
+        epochs = [int(e) for e in draws[0]["epochs"]]
+        per_epoch = {
+            epoch: [
+                estimate_supersample(
+                    d["predictions"][e_i],
+                    d["selectors"],
+                    d["accuracy"][e_i, :, 0],
+                    d["accuracy"][e_i, :, 1],
+                    n_classes=dataset.n_classes,
+                    estimator=estimator,
+                )
+                for d in draws
+            ]
+            for e_i, epoch in enumerate(epochs)
+        }
+        if epochs[-1] != config.epochs and learner is Learner.MODEL:
+            raise invalid("results", "fcmi.reduce", f"units trained for {config.epochs} epochs", epochs[-1])
+        estimates[n] = per_epoch[epochs[-1]]
+        aggregates.append(aggregate(n, estimates[n]))
+        if config.eval_epochs:
+            by_epoch[n] = per_epoch
+    return FcmiResult(
+        config=config,
+        estimates=estimates,
+        aggregates=aggregates,
+        by_epoch_estimates=by_epoch,
+        settings=_settings(dataset, model, config),
+        seconds=unit_seconds + (time.perf_counter() - start),
+    )
+
+
+def _settings(dataset: Dataset, model: Mapping[str, Any] | None, config: FcmiConfig) -> dict[str, Any]:
+    learner = Learner(config.learner)
+    settings: dict[str, Any] = {
+        "n": list(config.n),
+        "k1": config.k1,
+        "k2": config.k2,
+        "learner": learner.value,
+        "n_classes": dataset.n_classes,
+        "pool_size": dataset.n_train,
+        "supersample_seeds": list(range(config.k1)),
+        "selector_seeds": list(range(config.k2)),
+        "gap": "train accuracy - held-out accuracy on the supersample (0-1 loss)",
+        "bound": "(1/n) sum_i sqrt(2 I_i), sample-wise",
+    }
+    if learner is Learner.MODEL:
+        settings.update(
+            model=_model_spec(model),
+            epochs=config.epochs,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            optimizer=config.optimizer,
+            deterministic=config.deterministic,
+            eval_epochs=list(config.eval_epochs),
+            seed=config.seed,
+            init_seed=(
+                DETERMINISTIC_SEED
+                if config.deterministic
+                else "SeedSequence([seed, supersample_seed, selector_seed]).generate_state(1)[0]"
+            ),
+        )
+    return settings
+
+
+def fcmi_bound(
+    dataset: Dataset,
+    model: Mapping[str, Any] | None = None,
+    config: FcmiConfig = FcmiConfig(),
+    *,
+    device: torch.device | str = "cpu",
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> FcmiResult:
+    """Sample-wise f-CMI bound vs the measured generalization gap (docs/jobs/fcmi-bound.md).
+
+    :func:`plan`, then :func:`run_unit` for each unit in turn (k2 trainings batched per
+    unit), then :func:`reduce`, in this process; the service's fan-out calls the same three
+    functions. ``model`` is a spec of :func:`infoscore.models.build_model` (None = the
+    default MLP, ``DEFAULT_MODEL``); ignored by ``learner = "1nn"``. ``progress(done,
+    total)`` counts units (len(n) * k1); ``should_stop()`` is checked between units and
+    inside each training (raises :class:`infoscore.Cancelled`).
+    """
+    if not isinstance(config, FcmiConfig):
+        raise invalid("config", "fcmi_bound", "an FcmiConfig", type(config).__name__)
+    units = plan(dataset, model, config)
+    dev = _device(device)
+    results: dict[str, dict[str, np.ndarray]] = {}
+    for i, unit in enumerate(units):
+        check_stop(should_stop)
+        results[unit.name] = run_unit(dataset, unit, device=dev, should_stop=should_stop)
+        if progress is not None:
+            progress(i + 1, len(units))
+    return reduce(dataset, model, config, results)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def plot_bound_epochs(rows: Sequence[Mapping[str, Any]], estimator: MiEstimator | str) -> bytes:
+    """Bound (solid) and gap (dashed) vs epoch, one colour per n, mean ± std over
+    supersamples; rows as :meth:`FcmiResult.by_epoch`. -> PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.6, 3.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    label = "bound" if MiEstimator(estimator) is MiEstimator.PLUGIN else "bound (bias-corrected)"
+    for i, n in enumerate(sorted({int(r["n"]) for r in rows})):
+        mine = sorted((r for r in rows if int(r["n"]) == n), key=lambda r: int(r["epoch"]))
+        ep = np.array([r["epoch"] for r in mine], dtype=np.float64)
+        color = f"C{i % 10}"
+        for key, style, what in (("bound", "-o", label), ("gap", "--s", "gap")):
+            mean = np.array([r[f"{key}_mean"] for r in mine])
+            std = np.array([r[f"{key}_std"] for r in mine])
+            ax.plot(ep, mean, style, color=color, markersize=3, label=f"{what}, n = {n}")
+            ax.fill_between(ep, mean - std, mean + std, color=color, alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error (0-1 loss)")
+    ax.set_ylim(bottom=0.0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def plot_bound(results: Sequence[Mapping[str, Any]], estimator: MiEstimator | str) -> bytes:
+    """Bound and gap (mean ± std over supersamples) vs n, log-x; rows as
+    :meth:`FcmiResult.results`. -> PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    ns = np.array([r["n"] for r in results], dtype=np.float64)
+    order = np.argsort(ns)
+    ns = ns[order]
+
+    def col(key: str) -> np.ndarray:
+        return np.array([results[i][key] for i in order], dtype=np.float64)
+
+    fig = Figure(figsize=(5.0, 3.6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    plugin = MiEstimator(estimator) is MiEstimator.PLUGIN
+    label = "f-CMI bound" if plugin else "f-CMI bound (bias-corrected)"
+    ax.errorbar(ns, col("bound_mean"), yerr=col("bound_std"), marker="o", capsize=3, label=label)
+    ax.errorbar(ns, col("gap_mean"), yerr=col("gap_std"), marker="s", capsize=3, label="generalization gap")
+    ax.set_xscale("log")
+    ax.set_xticks(ns, [str(int(v)) for v in ns])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("n (training samples)")
+    ax.set_ylabel("error (0-1 loss)")
+    ax.set_ylim(bottom=0.0)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from contracts.problems import problem
 from store.artifacts import ArtifactStore, atomic_copy, atomic_write_bytes
 from store.db import JobStore
 from store.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from workers.runners.base import JobContext, Runner, Unit
 
 log = logging.getLogger("infoscore.worker")
 
@@ -274,7 +277,7 @@ class Executor:
         return "succeeded"
 
     # ---------------------------------------------------------------- fan-out
-    def _start_fanout(self, job: dict[str, Any], runner: Any, ctx: Any) -> str:
+    def _start_fanout(self, job: dict[str, Any], runner: Runner, ctx: JobContext) -> str:
         job_id = job["id"]
         units = runner.plan(ctx)
         rows = []
@@ -304,24 +307,27 @@ class Executor:
     def _unit_params_path(self, key: str) -> Path:
         return self.artifacts.unit_path(key).with_suffix(".json")
 
-    def _load_unit(self, job: dict[str, Any], name: str, runner: Any, ctx: Any) -> Any:
-        """The unit ``name`` of ``job``: from its stored params when they are there and
-        still hash to the unit's key, else from the job's plan."""
+    def _load_unit(self, job: dict[str, Any], name: str, runner: Runner) -> Unit:
+        """The unit ``name`` of ``job``, from the params ``_start_fanout`` stored beside its
+        cache key: a unit runs from its own params, never from a new plan of the job."""
         from workers.runners.base import Unit
 
-        scope = _unit_scope(runner, job)
         row = next((u for u in self.store.units(job["id"]) if u["name"] == name), None)
-        if row is not None:
-            path = self._unit_params_path(row["key"])
-            try:
-                unit = Unit(name=name, params=json.loads(path.read_bytes()))
-            except (OSError, ValueError):
-                unit = None
-            if unit is not None and unit.key(scope) == row["key"]:
-                return unit
-        unit = next((u for u in runner.plan(ctx) if u.name == name), None)
-        if unit is None:
-            raise RuntimeError(f"unit {name!r} is not in the job's plan")
+        if row is None:
+            raise RuntimeError(f"unit {name!r} is not a unit of job {job['id']}")
+        path = self._unit_params_path(row["key"])
+        try:
+            unit = Unit(name=name, params=json.loads(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(
+                f"unit {name!r}: its stored parameters ({path.name}) are missing or unreadable "
+                f"({type(exc).__name__}); submit the job again to re-plan it"
+            ) from exc
+        if unit.key(_unit_scope(runner, job)) != row["key"]:
+            raise RuntimeError(
+                f"unit {name!r}: its stored parameters ({path.name}) do not hash to its key; "
+                "submit the job again to re-plan it"
+            )
         return unit
 
     def _unit_cached(self, key: str) -> bool:
@@ -363,7 +369,7 @@ class Executor:
         job_id = job["id"]
         runner = get_runner(job["kind"])
         ctx = self._context(job, workdir, hb)
-        unit = self._load_unit(job, name, runner, ctx)
+        unit = self._load_unit(job, name, runner)
         key = unit.key(_unit_scope(runner, job))
         if not self._unit_cached(key):
             ctx.progress = lambda d, t: None  # job progress counts units, not unit steps
@@ -382,7 +388,7 @@ class Executor:
             return "skipped"
         return self._maybe_reduce(job_id)
 
-    def _maybe_reduce(self, job_id: str, ctx: Any = None, runner: Any = None) -> str:
+    def _maybe_reduce(self, job_id: str, ctx: JobContext | None = None, runner: Runner | None = None) -> str:
         if not self.store.claim_reduce(job_id):
             return "reduce-claimed-elsewhere"
         job = self.store.get_job(job_id)

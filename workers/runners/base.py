@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,7 +77,9 @@ class JobOutput:
 
 @dataclass(frozen=True)
 class Unit:
-    """One independent piece of a fan-out job. ``params`` must be JSON-able."""
+    """One independent piece of a fan-out job. ``params`` must be JSON-able and hold
+    everything ``run_unit`` needs besides the job's dataset: the worker stores them beside
+    the unit's cache key at fan-out and runs the unit from them, without a new plan."""
 
     name: str
     params: dict[str, Any]
@@ -109,8 +111,8 @@ class Runner:
     def run_unit(self, ctx: JobContext, unit: Unit) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def reduce(self, ctx: JobContext, results: dict[str, dict[str, np.ndarray]]) -> JobOutput:
-        """results maps unit name -> what run_unit returned."""
+    def reduce(self, ctx: JobContext, results: Mapping[str, Mapping[str, np.ndarray]]) -> JobOutput:
+        """results maps unit name -> what run_unit returned (for every planned unit)."""
         raise NotImplementedError
 
 
