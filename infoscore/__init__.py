@@ -12,8 +12,13 @@ from .errors import Cancelled, InfoscoreError, InvalidInputError, NumericalError
 
 if TYPE_CHECKING:
     from .label_issues import LabelIssues as LabelIssues
-    from .label_issues import LabelIssuesConfig as LabelIssuesConfig
+    from .label_issues import LabelIssuesResult as LabelIssuesResult
     from .label_issues import find_label_issues as find_label_issues
+    from .label_issues import label_issues as label_issues
+    from .label_issues_config import LabelIssuesConfig as LabelIssuesConfig
+    from .limit import LimitResult as LimitResult
+    from .limit import limit as limit
+    from .limit_config import LimitConfig as LimitConfig
 
 __version__ = "0.1.0"
 
@@ -22,8 +27,13 @@ __all__ = ["Cancelled", "InfoscoreError", "InvalidInputError", "NumericalError",
 # Loaded on first use, so ``import infoscore`` (e.g. for its errors) does not load torch.
 _LAZY = {
     "find_label_issues": "label_issues",
-    "LabelIssuesConfig": "label_issues",
+    "LabelIssuesConfig": "label_issues_config",
     "LabelIssues": "label_issues",
+    "label_issues": "label_issues",
+    "LabelIssuesResult": "label_issues",
+    "limit": "limit",
+    "LimitConfig": "limit_config",
+    "LimitResult": "limit",
 }
 __all__ += list(_LAZY)
 
