@@ -1,6 +1,11 @@
 """Label issues: which training rows are probably mislabeled, what their label should be,
 and how noisy the labels are (docs/jobs/label-issues.md).
 
+The ``label-issues`` job as one call: :func:`label_issues` (dataset, model spec,
+:class:`LabelIssuesConfig`) -> :class:`LabelIssuesResult` (summary, per-row table,
+decisions); :func:`find_label_issues` does the work on bare arrays. This module is
+callable as :func:`label_issues`.
+
 Glossary: **n** training rows, **k** classes. Probabilities are per row over the k classes.
 
 Two stages:

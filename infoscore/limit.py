@@ -1,5 +1,11 @@
 """LIMIT: limiting label-noise information in the weights (docs/science.md §4).
 
+The ``limit`` job as one call: :func:`limit` (dataset, model spec, :class:`LimitConfig`)
+-> :class:`LimitResult` (summary, per-sample table, curves figure, best-validation model).
+This module is callable as that function, so ``infoscore.limit(...)`` works however it was
+reached. The pieces: :func:`train_limit`, :func:`train_cross_entropy`, Fano's bound
+(:func:`fano_min_error`, :func:`label_information_lower_bound`), the losses.
+
 Glossary: **n** training rows, **k** classes, **m** test rows. Information is in bits here
 (Fano's inequality is stated in bits), everything else as in the rest of infoscore.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Literal
 
 from .errors import invalid
 
@@ -59,7 +60,7 @@ class LimitConfig:
     """
 
     beta: float = 30.0
-    q_dist: QLaw = QLaw.LAPLACE
+    q_dist: QLaw | Literal["laplace", "gaussian"] = QLaw.LAPLACE
     epochs: int = 300
     lr: float = 1e-3
     batch_size: int = 256

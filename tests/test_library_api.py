@@ -128,7 +128,7 @@ def test_limit_default_model_and_string_device(one_torch_thread: None) -> None:
     result = infoscore.limit(
         _tiny_dataset(), config=infoscore.LimitConfig(epochs=1, baseline=False), device="cpu"
     )
-    assert result.classifier[1].weight.shape == (256, 4)  # build_model's default MLP
+    assert result.classifier.state_dict()["1.weight"].shape == (256, 4)  # build_model's default MLP
     assert result.summary()["settings"]["device"] == "cpu" and result.baseline is None
     assert list(result.table()["in_validation"]).count(True) == result.summary()["n_validation"] == 12
 
