@@ -36,9 +36,8 @@ class LimitConfig:
     ``gaussian`` q memorizes them unless β is large (docs/jobs/limit.md, *Choosing β*).
     ``lr`` = 1e-3, ``batch_size`` = 256: Adam's usual step and the batch of the measured
     runs above (docs/science.md §4.3).
-    ``validation_fraction`` = 0.2: the usual 80/20 hold-out, large enough that the
-    best-validation checkpoint is chosen on a few hundred rows of digits; 0 keeps the
-    last epoch.
+    ``validation_fraction`` = 0.2: the usual 80/20 hold-out; on digits the checkpoint is
+    then chosen on 269 rows (docs/benchmarks/limit.md); 0 keeps the last epoch.
     ``clean_validation`` = False: a real dataset's clean labels are unknown, so the
     default validates on the given labels (True only where they are known, e.g. built-ins).
     ``baseline`` = True: the cross-entropy run on the same split, init and batches is
