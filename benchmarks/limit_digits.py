@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infoscore import data, limit
+import infoscore.limit as limit
+from infoscore import data
 from infoscore.models import build_model
 from infoscore.training import predict_logits, train_classifier
 
@@ -121,7 +122,7 @@ def run(noise: float, args: argparse.Namespace) -> list[dict[str, Any]]:
     for q_law in args.laws:
         for beta in args.betas:
             t = time.perf_counter()
-            cfg = limit.LimitConfig(epochs=args.epochs, beta=beta, q_law=limit.QLaw(q_law), seed=args.seed)
+            cfg = limit.LimitConfig(epochs=args.epochs, beta=beta, q_dist=limit.QLaw(q_law), seed=args.seed)
             res = limit.train_limit(spec, split, cfg)
             pred_q = predict_logits(res.q_network, split.x).argmax(1).numpy()
             rows.append(

@@ -33,7 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infoscore import data, limit
+import infoscore.limit as limit
+from infoscore import data
 
 
 def _rss_mib() -> float:

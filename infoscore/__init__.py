@@ -21,8 +21,13 @@ if TYPE_CHECKING:
     from .fcmi import fcmi_bound as fcmi_bound
     from .fcmi_config import FcmiConfig as FcmiConfig
     from .label_issues import LabelIssues as LabelIssues
-    from .label_issues import LabelIssuesConfig as LabelIssuesConfig
+    from .label_issues import LabelIssuesResult as LabelIssuesResult
     from .label_issues import find_label_issues as find_label_issues
+    from .label_issues import label_issues as label_issues
+    from .label_issues_config import LabelIssuesConfig as LabelIssuesConfig
+    from .limit import LimitResult as LimitResult
+    from .limit import limit as limit
+    from .limit_config import LimitConfig as LimitConfig
 
 __version__ = "0.1.0"
 
@@ -31,7 +36,7 @@ __all__ = ["Cancelled", "InfoscoreError", "InvalidInputError", "NumericalError",
 # Loaded on first use, so ``import infoscore`` (e.g. for its errors) does not load torch.
 _LAZY = {
     "find_label_issues": "label_issues",
-    "LabelIssuesConfig": "label_issues",
+    "LabelIssuesConfig": "label_issues_config",
     "LabelIssues": "label_issues",
     "supervision_complexity": "distill_protocol",
     "SupervisionComplexityConfig": "distill_config",
@@ -42,6 +47,11 @@ _LAZY = {
     "fcmi_bound": "fcmi",
     "FcmiConfig": "fcmi_config",
     "FcmiResult": "fcmi",
+    "label_issues": "label_issues",
+    "LabelIssuesResult": "label_issues",
+    "limit": "limit",
+    "LimitConfig": "limit_config",
+    "LimitResult": "limit",
 }
 __all__ += list(_LAZY)
 

@@ -1,6 +1,11 @@
 """Label issues: which training rows are probably mislabeled, what their label should be,
 and how noisy the labels are (docs/jobs/label-issues.md).
 
+The ``label-issues`` job as one call: :func:`label_issues` (dataset, model spec,
+:class:`LabelIssuesConfig`) -> :class:`LabelIssuesResult` (summary, per-row table,
+decisions); :func:`find_label_issues` does the work on bare arrays. This module is
+callable as :func:`label_issues`.
+
 Glossary: **n** training rows, **k** classes. Probabilities are per row over the k classes.
 
 Two stages:
@@ -29,17 +34,21 @@ rule for "confidently class j"), else ``drop``.
 
 from __future__ import annotations
 
-import math
+import io
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from .data import Dataset
 from .errors import invalid
-from .limit import LimitConfig, QLaw, SplitData, prepare_split, train_limit
+from .label_issues_config import LabelIssuesConfig, Method, Threshold
+from .limit import DEFAULT_MODEL, CallableModule, LimitConfig, SplitData, prepare_split, train_limit
 from .models import build_model
 from .progress import ProgressFn, StopFn, check_stop
 from .scores import auroc
@@ -48,135 +57,6 @@ from .training import as_tensor, predict_logits, train_classifier
 FOLD_SEED_OFFSET = 50_000  # fold assignment
 MODEL_SEED_STRIDE = 1_000  # model init / data order of fold f: seed + 1000 * (f + 1)
 ACTIONS = ("keep", "drop", "relabel")
-
-
-class Method(StrEnum):
-    """How ``pred_probs`` are obtained.
-
-    ``limit`` (default): one LIMIT training on all rows for a fixed number of epochs; the
-    in-sample probabilities of its final classifier. The classifier never sees a label
-    directly (its gradient is predicted by the q-network), so it does not memorize the
-    flipped ones. One training instead of K; on digits and Gaussian mixtures at 20% and
-    40% uniform and 20% pair noise (seeds 0-2) it had the best flag F1 on 5 of the 6
-    settings (0.003 behind ``ensemble`` on the sixth), AUROC >= 0.993 on every seed, and
-    better flags than cleanlab's 5-fold pipelines (docs/benchmarks/label-issues.md).
-    ``cross-entropy-cv``: K-fold cross-fitting with plain cross-entropy training (each row
-    is predicted by a model that never saw it; the confident-learning recipe).
-    ``limit-cv``: K-fold cross-fitting with LIMIT training (K LIMIT trainings).
-    ``ensemble``: the mean of the ``cross-entropy-cv`` and ``limit`` probabilities.
-    """
-
-    CROSS_ENTROPY_CV = "cross-entropy-cv"
-    LIMIT = "limit"
-    LIMIT_CV = "limit-cv"
-    ENSEMBLE = "ensemble"
-
-
-class Threshold(StrEnum):
-    """Which rows are flagged.
-
-    ``prune-by-noise-rate`` (default): for each off-diagonal cell (i, j) of the estimated
-    joint, the round(n · Q[i, j]) rows given label i with the largest margin
-    p̂(j | x) − p̂(i | x) (the paper's "prune by noise rate"); the number of flags
-    follows the estimated noise, which kept precision and recall balanced in the benchmark.
-    ``confident-joint``: the rows counted off the diagonal of the confident joint.
-    ``both``: rows flagged by both of the above.
-    ``argmax``: rows whose most probable class is not the given label.
-    """
-
-    PRUNE_BY_NOISE_RATE = "prune-by-noise-rate"
-    CONFIDENT_JOINT = "confident-joint"
-    BOTH = "both"
-    ARGMAX = "argmax"
-
-
-@dataclass(frozen=True)
-class LabelIssuesConfig:
-    """Settings of :func:`find_label_issues`.
-
-    method, threshold: see :class:`Method` and :class:`Threshold` (defaults chosen by the
-    benchmark, docs/benchmarks/label-issues.md).
-    folds: K for the cross-fitted methods (default 5: each model sees 80% of the rows, the
-    usual cross-validation trade-off between model quality and cost; ignored by ``limit``).
-    epochs: training epochs of every model; None = the method's default (60 for
-    cross-entropy: on digits at 20% noise, seed 0, flag F1 was 0.933 / 0.934 / 0.902 at
-    30 / 60 / 150 epochs: longer training lets the fold models memorize noise; 300 for
-    LIMIT, its measured default, docs/jobs/limit.md).
-    lr, batch_size, weight_decay: Adam settings of every model (defaults: Adam 1e-3, batch
-    128 as the rest of infoscore; no weight decay).
-    beta, q_law: LIMIT's settings (its defaults, docs/jobs/limit.md).
-    relabel_confidence: a flagged row is relabelled when p̂(suggested | x) reaches this;
-    None (default) = the suggested class's threshold t_j (confident learning's own notion
-    of "confidently j"), else the row is dropped.
-    seed: fold assignment and every model's init and data order derive from it.
-    """
-
-    method: Method | str = Method.LIMIT
-    threshold: Threshold | str = Threshold.PRUNE_BY_NOISE_RATE
-    folds: int = 5
-    epochs: int | None = None
-    lr: float = 1e-3
-    batch_size: int = 128
-    weight_decay: float = 0.0
-    beta: float = 30.0
-    q_law: QLaw | str = QLaw.LAPLACE
-    relabel_confidence: float | None = None
-    seed: int = 0
-
-    def validated(self, n: int | None = None, caller: str = "find_label_issues") -> LabelIssuesConfig:
-        """Check every field (``n``: training rows, to check ``folds``); returns a copy with
-        enum fields as enums."""
-        try:
-            method = Method(self.method)
-        except ValueError:
-            raise invalid("method", caller, f"one of {[m.value for m in Method]}", self.method) from None
-        try:
-            threshold = Threshold(self.threshold)
-        except ValueError:
-            raise invalid(
-                "threshold", caller, f"one of {[t.value for t in Threshold]}", self.threshold
-            ) from None
-        try:
-            law = QLaw(self.q_law)
-        except ValueError:
-            raise invalid("q_dist", caller, f"one of {[m.value for m in QLaw]}", self.q_law) from None
-        if not isinstance(self.folds, int) or self.folds < 2:
-            raise invalid("folds", caller, "an integer >= 2", self.folds)
-        if n is not None and self.folds > n:
-            raise invalid("folds", caller, f"at most the number of training rows ({n})", self.folds)
-        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
-            raise invalid("epochs", caller, "a positive integer or None", self.epochs)
-        if not isinstance(self.lr, int | float) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise invalid("lr", caller, "a float in (0, inf)", self.lr)
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise invalid("batch_size", caller, "a positive integer", self.batch_size)
-        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
-            raise invalid("weight_decay", caller, "a float in [0, inf)", self.weight_decay)
-        if not math.isfinite(self.beta) or self.beta < 0:
-            raise invalid("beta", caller, "a float in [0, inf)", self.beta)
-        if self.relabel_confidence is not None and not 0.0 <= self.relabel_confidence <= 1.0:
-            raise invalid("relabel_confidence", caller, "a float in [0, 1] or None", self.relabel_confidence)
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise invalid("seed", caller, "a non-negative integer", self.seed)
-        return LabelIssuesConfig(
-            method=method,
-            threshold=threshold,
-            folds=self.folds,
-            epochs=self.epochs,
-            lr=float(self.lr),
-            batch_size=self.batch_size,
-            weight_decay=float(self.weight_decay),
-            beta=float(self.beta),
-            q_law=law,
-            relabel_confidence=self.relabel_confidence,
-            seed=self.seed,
-        )
-
-    def resolved_epochs(self) -> dict[str, int]:
-        """Epochs per training family for this config's method."""
-        ce = self.epochs if self.epochs is not None else 60
-        lim = self.epochs if self.epochs is not None else 300
-        return {"cross_entropy": ce, "limit": lim}
 
 
 @dataclass
@@ -508,7 +388,7 @@ def _limit_probs(
     should_stop: StopFn | None,
 ) -> np.ndarray:
     config = LimitConfig(
-        epochs=epochs, beta=cfg.beta, q_law=QLaw(cfg.q_law), lr=cfg.lr, batch_size=cfg.batch_size, seed=seed
+        epochs=epochs, beta=cfg.beta, q_dist=cfg.q_law, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed
     )
     result = train_limit(spec, data, config, progress=tracker.stage(epochs), should_stop=should_stop)
     return _softmax64(predict_logits(result.classifier, data.x))
@@ -612,3 +492,206 @@ def find_label_issues(
         },
         trainings=trainings,
     )
+
+
+# --------------------------------------------------------------------------- the job: infoscore.label_issues
+
+
+def known_true_labels(dataset: Dataset) -> np.ndarray | None:
+    """The clean labels when known: built-ins record them (or that none was flipped)."""
+    if dataset.y_train_clean is not None:
+        return np.asarray(dataset.y_train_clean)
+    if dataset.noisy_mask is not None and not np.any(dataset.noisy_mask):
+        return np.asarray(dataset.y_train)
+    return None
+
+
+def class_names(dataset: Dataset) -> list[str] | None:
+    """The upload's class names (``info['class_names']``), when it had string labels."""
+    names = (dataset.info or {}).get("class_names")
+    if isinstance(names, list | tuple) and len(names) == dataset.n_classes:
+        return [str(v) for v in names]
+    return None
+
+
+def named_labels(labels: np.ndarray, names: list[str] | None, missing: int | None = None) -> Any:
+    """Integer labels (n,) -> the user's class names (``missing`` -> empty); without
+    names the integers (a nullable integer array when ``missing`` is given)."""
+    if names is None:
+        if missing is None:
+            return labels
+        nullable = pd.array(labels, dtype="Int64")
+        nullable[labels == missing] = pd.NA
+        return nullable
+    lookup = np.asarray(names, dtype=object)
+    out = lookup[np.clip(labels, 0, len(names) - 1)]
+    if missing is not None:
+        out = np.where(labels == missing, None, out)
+    return out
+
+
+def source_npz(dataset: Dataset) -> bytes:
+    """The dataset's arrays in the canonical upload layout (x, y, x_test, y_test, ids?,
+    n_classes, input_shape): what a dataset cleaned by the decisions is cut from."""
+    arrays: dict[str, np.ndarray] = {
+        "x": np.ascontiguousarray(dataset.x_train, dtype=np.float32).reshape(dataset.n_train, -1),
+        "y": np.asarray(dataset.y_train, dtype=np.int64),
+        "x_test": np.ascontiguousarray(dataset.x_test, dtype=np.float32).reshape(dataset.n_test, -1),
+        "y_test": np.asarray(dataset.y_test, dtype=np.int64),
+        "n_classes": np.asarray(dataset.n_classes, dtype=np.int64),
+        "input_shape": np.asarray(dataset.input_shape, dtype=np.int64).reshape(-1),
+    }
+    if dataset.ids is not None:
+        arrays["ids"] = np.asarray(dataset.ids).astype(str)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+@dataclass
+class LabelIssuesResult:
+    """What :func:`label_issues` returns: the :class:`LabelIssues` found on a dataset,
+    with what the job reports beside them.
+
+    issues: the per-row decisions and estimates; class_names: the upload's string class
+    names (None for integer labels); ids (n,) or None; n_classes; evaluation: detection
+    quality against the known clean labels (:meth:`LabelIssues.evaluate`; None when
+    unknown); config: the validated settings; device; seconds: wall time of the call.
+    """
+
+    issues: LabelIssues
+    class_names: list[str] | None
+    ids: np.ndarray | None
+    n_classes: int
+    evaluation: dict[str, float | None] | None
+    config: LabelIssuesConfig
+    device: str
+    seconds: float
+
+    @property
+    def n_train(self) -> int:
+        return int(self.issues.given_label.shape[0])
+
+    def summary(self) -> dict[str, Any]:
+        """The ``label-issues`` job's summary (docs/jobs/label-issues.md)."""
+        res, cfg = self.issues, self.config
+        cl = res.confident
+        out: dict[str, Any] = {
+            "n_issues": res.n_issues,
+            "estimated_noise_rate": cl.estimated_noise_rate,
+            "noise_matrix": cl.noise_matrix.tolist(),
+            "noise_matrix_axes": "rows = given label, columns = true label: P(given = i | true = j)",
+            "method": str(res.method),
+            "folds": res.folds,
+            "threshold": str(res.threshold),
+            "thresholds": cl.thresholds.tolist(),
+            "confident_joint": cl.confident_joint.tolist(),
+            "actions": {a: int((res.action == a).sum()) for a in ACTIONS},
+            "class_names": self.class_names,
+            "n_train": self.n_train,
+            "n_classes": self.n_classes,
+            "trainings": res.trainings,
+            "epochs": res.epochs,
+            "score_columns": list(res.scores),
+            "settings": {
+                "method": str(res.method),
+                "folds": cfg.folds,
+                "threshold": str(res.threshold),
+                "epochs": cfg.epochs,
+                "lr": cfg.lr,
+                "batch_size": cfg.batch_size,
+                "weight_decay": cfg.weight_decay,
+                "beta": cfg.beta,
+                "q_dist": str(cfg.q_dist),
+                "relabel_confidence": cfg.relabel_confidence,
+                "seed": cfg.seed,
+                "device": self.device,
+                "checkpoint": "final weights of every model (no validation split, no checkpoint choice)",
+            },
+        }
+        if self.evaluation is not None:
+            out.update(self.evaluation)
+        out["seconds"] = self.seconds
+        return out
+
+    def table(self) -> pd.DataFrame:
+        """Per-row table in row order: ``given_label``, ``suggested_label`` (class names
+        when the upload had them), ``suggested_label_confidence``, ``label_quality``,
+        ``is_label_issue``, ``issue_rank``, then the method's underlying scores."""
+        res, names = self.issues, self.class_names
+        columns: dict[str, Any] = {
+            "given_label": named_labels(res.given_label, names),
+            "suggested_label": named_labels(res.suggested_label, names),
+            "suggested_label_confidence": res.suggested_label_confidence,
+            "label_quality": res.label_quality,
+            "is_label_issue": res.is_label_issue,
+            "issue_rank": res.issue_rank,
+        }
+        columns.update(res.scores)
+        return pd.DataFrame(columns)
+
+    def decisions(self) -> pd.DataFrame:
+        """One row per training row: ``index``, ``id``, ``action`` (keep | drop | relabel)
+        and ``new_label`` (empty unless relabelled): what a cleaned dataset is cut by."""
+        res, n = self.issues, self.n_train
+        return pd.DataFrame(
+            {
+                "index": np.arange(n),
+                "id": self.ids if self.ids is not None else np.full(n, None, dtype=object),
+                "action": res.action.astype(str),
+                "new_label": named_labels(res.new_label, self.class_names, missing=-1),
+            }
+        )
+
+    def decisions_csv(self) -> bytes:
+        """:meth:`decisions` as CSV bytes (the job's ``decisions.csv``)."""
+        return self.decisions().to_csv(index=False).encode()
+
+    def figures(self) -> dict[str, bytes]:
+        """The job draws no figure."""
+        return {}
+
+
+def label_issues(
+    dataset: Dataset,
+    model: Mapping[str, Any] | None = None,
+    config: LabelIssuesConfig = LabelIssuesConfig(),
+    *,
+    device: torch.device | str = "cpu",
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> LabelIssuesResult:
+    """The ``label-issues`` job as a library call: :func:`find_label_issues` on ``dataset``'s
+    training rows (an ``infoscore.data.Dataset``), with its class names and ids, and the
+    detection quality when the clean labels are known.
+
+    ``model``: the architecture of every model trained (None = the default MLP);
+    ``progress``/``should_stop`` as in :func:`find_label_issues`.
+    """
+    started = time.perf_counter()
+    cfg = config.validated(dataset.n_train, "label_issues")
+    dev = torch.device(device)
+    res = find_label_issues(
+        DEFAULT_MODEL if model is None else model,
+        dataset.x_train,
+        dataset.y_train,
+        n_classes=dataset.n_classes,
+        config=cfg,
+        device=dev,
+        progress=progress,
+        should_stop=should_stop,
+    )
+    truth = known_true_labels(dataset)
+    return LabelIssuesResult(
+        issues=res,
+        class_names=class_names(dataset),
+        ids=dataset.ids,
+        n_classes=dataset.n_classes,
+        evaluation=None if truth is None else res.evaluate(truth),
+        config=cfg,
+        device=str(dev),
+        seconds=time.perf_counter() - started,
+    )
+
+
+sys.modules[__name__].__class__ = CallableModule

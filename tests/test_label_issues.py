@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import infoscore.label_issues as li
 from contracts import label_issues as contract
 from infoscore import Cancelled, InvalidInputError
-from infoscore import label_issues as li
 
 from .conftest import WorkerProcess, wait_for_state
 from .runner_helpers import make_context

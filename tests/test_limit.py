@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+import infoscore.limit as limit
 from contracts.limit import SCORE_COLUMNS, LimitParams, QDist
-from infoscore import data, limit, models
+from infoscore import data, models
 from infoscore.errors import InvalidInputError
 from tests.runner_helpers import make_context
 from workers.runners.limit import LimitRunner
@@ -256,7 +257,7 @@ def test_training_is_deterministic_and_options_run(noisy_digits: data.Dataset) -
     assert split.y_clean is not None
     torch.testing.assert_close(split.y_val, split.y_clean[split.val_idx])
     spec = {"arch": "mlp", "hidden": [16]}
-    cfg = limit.LimitConfig(epochs=3, sample_from_q=True, warm_up=1, q_law=limit.QLaw.GAUSSIAN, seed=4)
+    cfg = limit.LimitConfig(epochs=3, sample_from_q=True, warm_up=1, q_dist=limit.QLaw.GAUSSIAN, seed=4)
     progress: list[tuple[int, int]] = []
     runs = [
         limit.train_limit(spec, split, cfg, progress=lambda d, t: progress.append((d, t))) for _ in range(2)
@@ -368,7 +369,7 @@ def test_should_stop_cancels(noisy_digits: data.Dataset) -> None:
         (limit.LimitConfig(epochs=0), "epochs"),
         (limit.LimitConfig(lr=0.0), "lr"),
         (limit.LimitConfig(batch_size=0), "batch_size"),
-        (limit.LimitConfig(q_law="cauchy"), "q_dist"),  # type: ignore[arg-type]
+        (limit.LimitConfig(q_dist="cauchy"), "q_dist"),  # type: ignore[arg-type]
         (limit.LimitConfig(epochs=3, warm_up=3), "warm_up"),
         (limit.LimitConfig(seed=-1), "seed"),
         (limit.LimitConfig(lamb=0.0), "lamb"),
