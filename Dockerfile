@@ -41,7 +41,7 @@ COPY . /src
 # The gateway installs the project WITHOUT the [worker] extra: no torch, no science stack.
 # [postgres] brings the psycopg driver for INFOSCORE_DATABASE_URL=postgresql+psycopg://...
 RUN pip install "/src[postgres]" \
-    && python -c "import sys, service.app, service.cli, store.settings; \
+    && python -c "import sys, service.app, launcher.cli, launcher.client, service.settings; \
 assert 'torch' not in sys.modules, 'the gateway must not import torch'"
 
 # ---------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ ENV INFOSCORE_WORKER_DEVICE=auto \
     MPLCONFIGDIR=/tmp/matplotlib
 VOLUME ["/data"]
 # Alive = this container's Celery node answers a broadcast ping through the broker. Nodes
-# are named infoscore-<pid>@<hostname> (service/cli.py), so match on the hostname only.
+# are named infoscore-<pid>@<hostname> (launcher/cli.py), so match on the hostname only.
 HEALTHCHECK --interval=60s --timeout=30s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import socket, sys; from workers.celery_app import app; me = '@' + socket.gethostname(); replies = app.control.ping(timeout=5) or []; sys.exit(0 if any(n.endswith(me) for r in replies for n in r) else 1)"]
 CMD ["infoscore", "worker"]

@@ -19,11 +19,7 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from embedded import EmbeddedService
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISY_DIGITS = {"builtin": "digits", "label_noise": 0.2}
@@ -76,31 +75,15 @@ CHEAP = ["training-dynamics", "fcmi-bound", "limit", "supervision-complexity", "
 HEADLINE_WORDS = ("accuracy", "auroc", "bound", "gap", "spearman", "complexity")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def service(tree: Path, env: dict[str, str]) -> Iterator[str]:
     """``infoscore up`` run from ``tree`` (its code first on the path); yields the API URL."""
-    data = Path(tempfile.mkdtemp(prefix="infoscore-devices-"))
-    port = _free_port()
-    cmd = [sys.executable, "-m", "service.cli", "up", "--port", str(port), "--data-dir", str(data)]
-    cmd += ["--log-dir", str(data / "logs")]
-    full_env = {**os.environ, "PYTHONPATH": str(tree), **env}
-    proc = subprocess.Popen(cmd, cwd=tree, env=full_env, stdout=subprocess.PIPE, text=True)
+    up = EmbeddedService(env=env, prefix="infoscore-devices-", tree=tree)
+    print(f"# {up.start()}", flush=True)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if "infoscore is up" not in line:
-            raise RuntimeError(f"infoscore up did not start: {line!r} (logs in {data / 'logs'})")
-        print(f"# {line}", flush=True)
-        yield f"http://127.0.0.1:{port}"
+        yield up.url
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+        up.stop()
 
 
 def headline(summary: dict[str, Any], limit: int = 6) -> dict[str, Any]:

@@ -24,7 +24,6 @@ import io
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,17 +37,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from embedded import EmbeddedService
 
 TENANTS = ("tenant-a", "tenant-b", "tenant-c")
 MAX_REQUESTS_PER_CLIENT = 200_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_bytes(pid: int) -> int:
@@ -69,7 +63,7 @@ def children(pid: int) -> list[int]:
 def api_pid(supervisor: int) -> int | None:
     for pid in children(supervisor):
         try:
-            if b"service.cli\0api" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"launcher.cli\0api" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
         except OSError:
             continue
@@ -189,9 +183,7 @@ def main() -> None:
     store = JobStore(f"sqlite:///{(data / 'infoscore.db').resolve()}")
     keys = {t: store.create_key(t)[1] for t in TENANTS}
     store.dispose()
-    port = free_port()
     env = {
-        **os.environ,
         "INFOSCORE_AUTH": "required",
         "INFOSCORE_MAX_ACTIVE_JOBS": str(args.max_active),
         "INFOSCORE_RATE_LIMIT": "200",
@@ -199,42 +191,16 @@ def main() -> None:
         "INFOSCORE_STALE_AFTER": "10",
         "INFOSCORE_REAPER_INTERVAL": "2",
     }
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "up",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--log-dir",
-            str(data / "logs"),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-    def stop_up() -> None:  # also when the run fails: never leave a service behind
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-            try:
-                up.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                up.kill()
-
-    atexit.register(stop_up)
-    assert up.stdout is not None
-    while "infoscore is up" not in (line := up.stdout.readline()):
-        if not line:
-            raise SystemExit(f"infoscore up did not start (logs in {data / 'logs'})")
-    supervisor_out: list[str] = []
-    threading.Thread(target=lambda: supervisor_out.extend(up.stdout or []), daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
+    service = EmbeddedService(env=env, data=data, capture_stderr=True)
+    atexit.register(service.stop)  # also when the run fails: never leave a service behind
+    try:
+        service.start()
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    assert service.proc is not None
+    up = service.proc
+    supervisor_out = service.output
+    url = service.url
     print(f"soak: {args.minutes:g} min against {url}, data in {data}", flush=True)
     # Warm-up: one of each request, so the baseline includes what the API imports lazily
     # (the upload parsers, numpy, pandas) and the reference is the warm process.
@@ -307,7 +273,7 @@ def main() -> None:
                 time.sleep(0.5)
     end_api = api_pid(up.pid)
     rss_end = rss_bytes(end_api) if end_api else 0
-    stop_up()
+    service.stop()
 
     codes: Counter[str] = Counter()
     for c in clients:

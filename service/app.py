@@ -34,14 +34,14 @@ from contracts.problems import PROBLEM_MEDIA_TYPE, problem
 from contracts.records import DatasetList, DatasetRecord, JobList, JobRecord, JobState, ResultPage
 from store.artifacts import ArtifactStore, regular_file, valid_artifact_name
 from store.db import TERMINAL_STATES, ActiveJobLimit, JobStore
-from store.settings import ServiceSettings
 
 from . import metrics
 from .auth import Caller, KeyResolver, RateLimiter, authenticate
 from .checkpoints import check_checkpoint_ref
 from .errors import BodyLimitMiddleware, ProblemError, install_handlers, problem_response
+from .net import is_loopback, ping_redis
+from .settings import ServiceSettings
 from .suggest import closest_name
-from .supervisor import is_loopback, ping_redis
 
 log = logging.getLogger("infoscore.api")
 

@@ -170,7 +170,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker", f"--concurrency={self.concurrency}"],
+            [sys.executable, "-m", "launcher.cli", "worker", f"--concurrency={self.concurrency}"],
             env=self.environment.env(),
             cwd=ROOT,
             stdout=self._log,
@@ -212,7 +212,7 @@ def api(environment: Environment, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from store.settings import ServiceSettings
+    from service.settings import ServiceSettings
 
     for key, value in environment.env().items():
         if key.startswith("INFOSCORE_"):

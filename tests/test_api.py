@@ -45,9 +45,7 @@ def _stored_datasets(data_dir: Path) -> list[str]:
 
 
 def test_service_import_does_not_load_torch() -> None:
-    code = (
-        "import sys, service.app, service.cli, service.client, contracts.jobs; print('torch' in sys.modules)"
-    )
+    code = "import sys, service.app, launcher.cli, launcher.client, contracts.jobs; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

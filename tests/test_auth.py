@@ -28,7 +28,7 @@ def secured(environment: Environment, monkeypatch: pytest.MonkeyPatch) -> Iterat
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from store.settings import ServiceSettings
+    from service.settings import ServiceSettings
 
     for key, value in environment.env().items():
         if key.startswith("INFOSCORE_"):
@@ -99,7 +99,7 @@ def test_refuses_to_bind_beyond_loopback_without_keys(environment: Environment) 
     env["INFOSCORE_HOST"] = "0.0.0.0"
     env["INFOSCORE_AUTH"] = "off"
     api = subprocess.run(
-        [sys.executable, "-m", "service.cli", "api"],
+        [sys.executable, "-m", "launcher.cli", "api"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -111,7 +111,7 @@ def test_refuses_to_bind_beyond_loopback_without_keys(environment: Environment) 
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "launcher.cli",
             "up",
             "--host",
             "0.0.0.0",
@@ -130,7 +130,7 @@ def test_refuses_to_bind_beyond_loopback_without_keys(environment: Environment) 
 def test_keys_cli(tmp_path: Any) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", "keys", *args, "--data-dir", str(tmp_path)],
+            [sys.executable, "-m", "launcher.cli", "keys", *args, "--data-dir", str(tmp_path)],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from service import cli
-from service.client import InfoscoreClient
+from launcher import cli
+from launcher.client import InfoscoreClient
 
 runner = CliRunner()
 TD = {"kind": "training-dynamics", "dataset": {"builtin": "digits"}, "model": {"arch": "mlp"}}

@@ -46,7 +46,7 @@ class Up:
             [
                 sys.executable,
                 "-m",
-                "service.cli",
+                "launcher.cli",
                 "up",
                 "--port",
                 str(self.port),

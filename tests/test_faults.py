@@ -48,7 +48,7 @@ class ApiProcess:
         env["INFOSCORE_PORT"] = str(self.port)
         self._fh = open(self.log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "api"],
+            [sys.executable, "-m", "launcher.cli", "api"],
             env=env,
             cwd=ROOT,
             stdout=self._fh,

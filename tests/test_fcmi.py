@@ -555,8 +555,8 @@ def test_units_run_from_their_stored_params_without_replanning(
 ) -> None:
     """The fan-out writes each unit's params beside its cache key; run_unit uses them."""
     from contracts.jobs import parse_job_request
-    from store.settings import WorkerSettings
     from workers.execution import Executor
+    from workers.settings import WorkerSettings
 
     sent: list[list[str]] = []
     settings = WorkerSettings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'jobs.db'}")

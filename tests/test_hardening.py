@@ -118,7 +118,7 @@ def _api_pid(up: Any) -> int | None:
 
     for pid in _children_of(up.proc.pid):
         with contextlib.suppress(OSError):
-            if b"service.cli\0api" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"launcher.cli\0api" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
     return None
 
@@ -150,7 +150,7 @@ def _app(monkeypatch: pytest.MonkeyPatch, environment: Any, **settings: Any) -> 
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from store.settings import ServiceSettings
+    from service.settings import ServiceSettings
 
     for key, value in environment.env().items():
         if key.startswith("INFOSCORE_"):
@@ -317,8 +317,8 @@ def test_retention_deletes_old_jobs_and_datasets(api: Any, environment: Any) -> 
     from sqlalchemy import update
 
     from store.db import DatasetRow, JobRow, utcnow
-    from store.settings import WorkerSettings
     from workers.reaper import apply_retention
+    from workers.settings import WorkerSettings
 
     store = api.app.state.gateway.store
     ds = api.post("/v1/datasets", files={"file": ("d.npz", _npz_bytes(3))}).json()
@@ -403,7 +403,7 @@ def test_half_sent_headers_are_cut_off(tmp_path: Path) -> None:
         INFOSCORE_BROKER_URL="redis://127.0.0.1:1/0",
         INFOSCORE_HEADER_TIMEOUT="1.5",
     )
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "api"], cwd=ROOT, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "api"], cwd=ROOT, env=env)
     try:
         wait_until(lambda: _get_ok(f"http://127.0.0.1:{port}/healthz"), 60, what="api")
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:

@@ -259,8 +259,8 @@ def test_estimate_covers_the_kind() -> None:
 def test_derive_end_to_end_http_client_and_cli(api: Any, worker: WorkerProcess) -> None:
     from typer.testing import CliRunner
 
-    from service import cli
-    from service.client import InfoscoreAPIError, InfoscoreClient
+    from launcher import cli
+    from launcher.client import InfoscoreAPIError, InfoscoreClient
 
     job = api.post("/v1/jobs", json=REQUEST).json()
     done = wait_for_state(api, job["id"], ("succeeded", "failed"), timeout=180)
@@ -340,7 +340,7 @@ def test_a_tenant_cannot_derive_from_another_tenants_job(
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from store.settings import ServiceSettings
+    from service.settings import ServiceSettings
 
     for key, value in environment.env().items():
         if key.startswith("INFOSCORE_"):

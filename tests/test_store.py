@@ -208,7 +208,7 @@ def test_a_worker_that_lost_its_job_is_told_to_stop_and_cannot_finish_it(store: 
 def test_settings_refuse_a_stale_limit_below_three_heartbeats() -> None:
     from pydantic import ValidationError
 
-    from store.settings import WorkerSettings
+    from workers.settings import WorkerSettings
 
     with pytest.raises(ValidationError, match="STALE_AFTER"):
         WorkerSettings(heartbeat_interval=5, stale_after=4)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service import supervisor
-from service.supervisor import Supervisor
+from launcher import supervisor
+from launcher.supervisor import Supervisor
 
 
 def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int, cores: int) -> dict[str, str]:

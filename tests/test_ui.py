@@ -124,7 +124,7 @@ def pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from store.settings import ServiceSettings
+    from service.settings import ServiceSettings
 
     for key in [k for k in os.environ if k.startswith("INFOSCORE_")]:
         monkeypatch.delenv(key)
@@ -284,7 +284,7 @@ def test_pages_without_keys_on_the_embedded_default(tmp_path: Path, monkeypatch:
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from store.settings import ServiceSettings
+    from service.settings import ServiceSettings
 
     for key in [k for k in os.environ if k.startswith("INFOSCORE_")]:
         monkeypatch.delenv(key)

@@ -71,7 +71,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         "INFOSCORE_UPLOAD_PARSE_PROCESSES": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "api"],
+        [sys.executable, "-m", "launcher.cli", "api"],
         cwd=data_dir,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -422,7 +422,7 @@ def test_estimator_dataset_part_matches_measured_peaks(tmp_path: Path) -> None:
 
 def test_large_gaussians_refused_by_the_default_memory_limit() -> None:
     from contracts.estimate import builtin_shape, estimate
-    from store.settings import ServiceSettings
+    from service.settings import ServiceSettings
 
     spec = {"builtin": "gaussians", "n": 200_000, "dim": 10_000}
     request = {"kind": "training-dynamics", "model": {"arch": "linear"}, "dataset": spec, "params": {}}

@@ -12,13 +12,13 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from contracts import tasks as names
-from store.settings import WorkerSettings
+from workers.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger("infoscore.worker")
 
 
 def make_celery(settings: WorkerSettings | None = None) -> Celery:
-    settings = settings or WorkerSettings()
+    settings = settings or get_worker_settings()
     app = Celery("infoscore", broker=settings.broker_url, include=["workers.tasks"])
     app.conf.update(
         task_acks_late=True,
@@ -43,6 +43,9 @@ def make_celery(settings: WorkerSettings | None = None) -> Celery:
         task_time_limit=settings.job_time_limit + 60,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        # `infoscore worker --concurrency N` sets it before the pool starts; the prefork
+        # children inherit it and size their torch thread pools from it (_init_child).
+        worker_concurrency=settings.worker_concurrency,
     )
     return app
 
@@ -55,8 +58,9 @@ def _init_child(**_: Any) -> None:
     # libgomp is not fork-safe once its pool ran: set threads in each child.
     import torch
 
-    settings = WorkerSettings()
-    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.worker_concurrency)
+    settings = get_worker_settings()
+    concurrency = int(app.conf.worker_concurrency or settings.worker_concurrency)
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // concurrency)
     torch.set_num_threads(threads)
     # torch.optim imports torch._dynamo on first use (about 1 s of CPU): pay it when the
     # child starts, not inside the first job's time.

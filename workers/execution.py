@@ -32,7 +32,7 @@ from contracts.jobs import FANOUT_KINDS, parse_job_request
 from contracts.problems import problem
 from store.artifacts import ArtifactStore, atomic_copy, atomic_write_bytes
 from store.db import JobStore
-from store.settings import WorkerSettings
+from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from workers.runners.base import JobContext, Runner, Unit

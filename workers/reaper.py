@@ -23,7 +23,7 @@ from typing import Any
 from contracts import tasks as names
 from store.artifacts import ArtifactStore
 from store.db import JobStore
-from store.settings import WorkerSettings
+from workers.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger("infoscore.reaper")
 
@@ -105,7 +105,7 @@ def apply_retention(store: JobStore, settings: WorkerSettings) -> dict[str, int]
 
 
 def run_reaper(app: Any, stop: threading.Event) -> None:
-    settings = WorkerSettings()
+    settings = get_worker_settings()
     store = JobStore(settings.resolved_database_url())
     broker = BrokerWatch(settings.broker_url)
     broker.restarted()  # the first look only learns the run_id

@@ -5,16 +5,16 @@ from __future__ import annotations
 from functools import cache
 
 from contracts import tasks as names
-from store.settings import WorkerSettings
 
 from .celery_app import app
 from .execution import Executor
+from .settings import get_worker_settings
 
 
 @cache
 def _executor() -> Executor:
     # Built lazily in the child process, after fork: its own DB connections.
-    return Executor(WorkerSettings(), app.send_task)
+    return Executor(get_worker_settings(), app.send_task)
 
 
 @app.task(name=names.RUN_JOB, acks_late=True, reject_on_worker_lost=True)

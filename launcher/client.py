@@ -1,6 +1,6 @@
 """A small Python client for the infoscore HTTP API (httpx; no torch, no server code).
 
->>> from service.client import InfoscoreClient
+>>> from launcher.client import InfoscoreClient
 >>> client = InfoscoreClient("http://127.0.0.1:8000")
 >>> ds = client.upload_dataset("data.csv", truth_column="clean_label")  # doctest: +SKIP
 >>> job = client.submit({"kind": "training-dynamics", "dataset": {"builtin": "digits"},

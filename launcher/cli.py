@@ -90,19 +90,17 @@ def api() -> None:
     """Run the API alone (INFOSCORE_HOST, INFOSCORE_PORT, INFOSCORE_BROKER_URL, ...)."""
     import uvicorn
 
-    from store.settings import ServiceSettings
+    from service.app import create_app
+    from service.net import is_loopback
+    from service.settings import get_service_settings
 
-    from .app import create_app
-
-    settings = ServiceSettings()
-    from .supervisor import is_loopback
-
+    settings = get_service_settings()
     if not is_loopback(settings.host) and settings.auth != "required":
         typer.echo(
             f"refusing to bind {settings.host} without API keys: set INFOSCORE_AUTH=required", err=True
         )
         raise typer.Exit(2)
-    from .server import protocol_class
+    from service.server import protocol_class
 
     uvicorn.run(
         create_app(settings),
@@ -123,14 +121,15 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
     """Run one Celery worker (prefork) against INFOSCORE_BROKER_URL / INFOSCORE_DATABASE_URL."""
-    from store.settings import WorkerSettings
-
-    settings = WorkerSettings()
-    n = concurrency or settings.worker_concurrency
-    os.environ["INFOSCORE_WORKER_CONCURRENCY"] = str(n)
     from contracts.tasks import QUEUE_JOBS
     from workers.celery_app import app as celery_app
+    from workers.settings import get_worker_settings
 
+    settings = get_worker_settings()
+    n = concurrency or settings.worker_concurrency
+    # The prefork children inherit the app's configuration: they size their torch thread
+    # pools from it (workers.celery_app), not from the environment.
+    celery_app.conf.worker_concurrency = n
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     celery_app.worker_main(
         [
@@ -455,12 +454,12 @@ DataDirOpt = Annotated[
 
 def _key_store(data_dir: Path | None) -> Any:
     from store.db import JobStore
-    from store.settings import CommonSettings
+    from store.settings import CommonSettings, get_common_settings
 
     if data_dir is not None:
         settings = CommonSettings(data_dir=data_dir, database_url=None)
     else:
-        settings = CommonSettings()
+        settings = get_common_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return JobStore(settings.resolved_database_url())
 

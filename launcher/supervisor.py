@@ -12,7 +12,6 @@ Temp files left by a killed upload or writer are removed at start.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import secrets
 import signal
@@ -25,16 +24,7 @@ from pathlib import Path
 
 import httpx
 
-LOOPBACK_NAMES = {"localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from service.net import is_loopback, ping_redis
 
 
 def free_port() -> int:
@@ -56,23 +46,6 @@ def worker_niceness() -> int:
         raise SystemExit(
             f"INFOSCORE_WORKER_NICE must be an integer in [0, 19]. Got {raw!r} instead."
         ) from None
-
-
-def ping_redis(host: str, port: int, password: str | None = None, *, timeout: float = 1.0) -> None:
-    """One Redis PING on a fresh socket (after AUTH with ``password``): returns when the
-    server answers PONG, raises OSError or ConnectionError otherwise."""
-    hello = b"PING\r\n" if password is None else f"AUTH {password}\r\nPING\r\n".encode()
-    expected = b"+PONG" if password is None else b"+OK\r\n+PONG"
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(hello)
-        answer = b""
-        while len(answer) < len(expected):
-            chunk = s.recv(64)
-            if not chunk:
-                break
-            answer += chunk
-    if not answer.startswith(expected):
-        raise ConnectionError(f"unexpected answer from the broker: {answer[:40]!r}")
 
 
 def wait_for_redis(port: int, timeout: float = 20.0, password: str | None = None) -> None:
@@ -193,7 +166,6 @@ class Supervisor:
         env["INFOSCORE_AUTH"] = self.auth
         env["INFOSCORE_HOST"] = self.host
         env["INFOSCORE_PORT"] = str(self.port)
-        env["INFOSCORE_WORKER_CONCURRENCY"] = str(self.workers)
         # One machine runs everything here. The API and the broker idle between requests:
         # jobs get every core, and the worker runs at a lower CPU priority (WORKER_NICE), so
         # the kernel hands the API a core the moment a request needs one
@@ -264,12 +236,12 @@ class Supervisor:
         )
         worker = Child(
             "worker",
-            [sys.executable, "-m", "service.cli", "worker"],
+            [sys.executable, "-m", "launcher.cli", "worker", f"--concurrency={self.workers}"],
             env,
             log_path=self._log("worker"),
             niceness=worker_niceness(),
         )
-        api = Child("api", [sys.executable, "-m", "service.cli", "api"], env, log_path=self._log("api"))
+        api = Child("api", [sys.executable, "-m", "launcher.cli", "api"], env, log_path=self._log("api"))
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
