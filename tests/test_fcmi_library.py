@@ -197,7 +197,7 @@ def test_a_unit_without_its_stored_params_fails_clearly_without_replanning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from contracts.jobs import parse_job_request
-    from store.settings import WorkerSettings
+    from workers.settings import WorkerSettings
     from workers.execution import Executor
 
     sent: list[list[str]] = []
