@@ -294,10 +294,10 @@ class Job:
 class KindCost:
     """A kind's dominant costs. ``memory``: bytes of the job's arrays, counting one float32
     copy of the dataset (:func:`estimate` replaces it by the dataset's real cost);
-    ``seconds``: on top of ``RATES["job_overhead_seconds"]``."""
+    ``seconds``: the stages' times, added in this order to ``RATES["job_overhead_seconds"]``."""
 
     memory: int
-    seconds: float
+    seconds: list[float]
     notes: list[str] = field(default_factory=list)
 
 
@@ -320,8 +320,10 @@ def _training_dynamics(params: TrainingDynamicsParams, job: Job) -> KindCost:
     n, p, r = job.n, job.parameters, RATES
     return KindCost(
         memory=_training_bytes(p, job.shape) + min(n * p * F32, 256 * 1024**2),  # per-sample grads, batched
-        seconds=_train_seconds(params.epochs, n, p, params.batch_size)
-        + 3 * n * p / r["train_sample_epoch_params_per_s"],
+        seconds=[
+            _train_seconds(params.epochs, n, p, params.batch_size)
+            + 3 * n * p / r["train_sample_epoch_params_per_s"]
+        ],
     )
 
 
@@ -329,7 +331,7 @@ def _sample_information(params: SampleInformationParams, job: Job) -> KindCost:
     shape, n, k, p, r = job.shape, job.n, job.k, job.parameters, RATES
     nk = n * k
     mem = _training_bytes(p, shape)
-    seconds = 0.0
+    seconds: list[float] = []
     notes: list[str] = []
     m_test = min(shape.n_test or 0, params.eval_size)  # held-out inputs of F-SI
     if params.method == "exact":
@@ -340,23 +342,25 @@ def _sample_information(params: SampleInformationParams, job: Job) -> KindCost:
         if params.t is not None:
             mem += 2 * nk * nk * F64  # eigendecompositions of the leave-one-out systems
         notes.append(f"exact: n*k = {nk}; the kernel is (n*k)^2 float64")
-        seconds += _kernel_seconds(n + m_test, p, nk, k) + 2.0 * m_test * k * nk * p / r["gemm_flop_per_s"]
+        seconds.append(
+            _kernel_seconds(n + m_test, p, nk, k) + 2.0 * m_test * k * nk * p / r["gemm_flop_per_s"]
+        )
         if params.t is not None:
-            seconds += 9 * nk**3 / r["cholesky_flop_per_s"]  # eigendecomposition ~ 9 (nk)^3
+            seconds.append(9 * nk**3 / r["cholesky_flop_per_s"])  # eigendecomposition ~ 9 (nk)^3
     else:
         d = params.projection_dim
         m = min(shape.n_test or n, params.eval_size)
         mem += (n + m) * k * d * F64 + 4 * d * d * F64 + 256 * 1024**2
         notes.append(f"projected: features (n+m)*k*d with d = {d}")
-        seconds += (n + m_test) * k * p / r["jacobian_sample_class_params_per_s"]
-        seconds += (
+        seconds.append((n + m_test) * k * p / r["jacobian_sample_class_params_per_s"])
+        seconds.append(
             2.0 * (n + m_test) * k * p * d / r["gemm_flop_per_s"] + 2 * nk * d * d / r["gemm_flop_per_s"]
         )
     if {"weights_full", "weights_full_linearized"} & set(params.measures):
         mem += 3 * p * p * F64
     gt = params.ground_truth
     if gt is not None and params.t is not None:
-        seconds += (min(gt.subset, n) + 1) * params.t * n * p * 3 / r["train_sample_epoch_params_per_s"]
+        seconds.append((min(gt.subset, n) + 1) * params.t * n * p * 3 / r["train_sample_epoch_params_per_s"])
     return KindCost(memory=mem, seconds=seconds, notes=notes)
 
 
@@ -377,17 +381,16 @@ def _sample_information_checks(
 
 def _fcmi(params: FcmiParams, job: Job) -> KindCost:
     p, r = job.parameters, RATES
-    seconds = 0.0
+    seconds: list[float] = []
     for size in params.n:
         units = params.k1 * params.k2
         if params.learner == "1nn":
-            seconds += units * (
+            per_unit = (
                 r["unit_overhead_seconds"] + 4 * size * size * job.shape.features / r["gemm_flop_per_s"]
             )
         else:
-            seconds += units * (
-                r["unit_overhead_seconds"] + _train_seconds(params.epochs, size, p, params.batch_size)
-            )
+            per_unit = r["unit_overhead_seconds"] + _train_seconds(params.epochs, size, p, params.batch_size)
+        seconds.append(units * per_unit)
     return KindCost(
         memory=_training_bytes(p, job.shape),
         seconds=seconds,
@@ -415,7 +418,7 @@ def _limit(params: LimitParams, job: Job) -> KindCost:
     networks = 2.0 + (1.0 if params.baseline else 0.0)  # classifier, q, baseline
     return KindCost(
         memory=_training_bytes(job.parameters, job.shape, copies=3),  # classifier, q-network, best checkpoint
-        seconds=_train_seconds(params.epochs, job.n, job.parameters, params.batch_size, networks),
+        seconds=[_train_seconds(params.epochs, job.n, job.parameters, params.batch_size, networks)],
     )
 
 
@@ -439,7 +442,7 @@ def _label_issues(params: LabelIssuesParams, job: Job) -> KindCost:
     notes = [] if params.method == "limit" else [f"{params.folds} cross-fitted trainings, one at a time"]
     return KindCost(
         memory=_training_bytes(job.parameters, job.shape, copies=copies) + 4 * job.n * job.k * F64,
-        seconds=0.0,  # no time model yet: the job overhead only
+        seconds=[],  # no time model yet: the job overhead only
         notes=notes,
     )
 
@@ -453,7 +456,7 @@ def _teacher_cost(
         memory=_training_bytes(job.parameters, job.shape)
         + _training_bytes(teacher_p, job.shape)
         + checkpoints * teacher_p * F32,
-        seconds=_train_seconds(teacher_epochs, job.n, teacher_p, batch_size),
+        seconds=[_train_seconds(teacher_epochs, job.n, teacher_p, batch_size)],
     )
 
 
@@ -469,8 +472,8 @@ def _supervision_complexity(params: SupervisionComplexityParams, job: Job) -> Ki
         cost.memory += m * k * p * F32 + 3 * m * m * F64
     side = m * k if params.kernel == "full" else m
     ckpts = params.student_checkpoints
-    cost.seconds += _train_seconds(max(ckpts), n, p, params.batch_size)
-    cost.seconds += len(ckpts) * _kernel_seconds(m, p, side, k)
+    cost.seconds.append(_train_seconds(max(ckpts), n, p, params.batch_size))
+    cost.seconds.append(len(ckpts) * _kernel_seconds(m, p, side, k))
     return cost
 
 
@@ -482,9 +485,9 @@ def _distillation(params: DistillationParams, job: Job) -> KindCost:
     cost.memory += m * k * p * F32 + 3 * m * m * F64
     side = m * k if params.kernel == "full" else m
     runs = params.seeds * len(params.mode)
-    cost.seconds += runs * _train_seconds(params.epochs, n, p, params.batch_size)
+    cost.seconds.append(runs * _train_seconds(params.epochs, n, p, params.batch_size))
     curves = params.curve_epochs
-    cost.seconds += runs * (5 if curves is None else len(curves)) * _kernel_seconds(m, p, side, k)
+    cost.seconds.append(runs * (5 if curves is None else len(curves)) * _kernel_seconds(m, p, side, k))
     return cost
 
 
@@ -514,6 +517,13 @@ def _prepare(request: dict[str, Any], shape: Shape) -> tuple[KindEstimator[Any],
     return estimator, params, Job(request, shape, parameter_count(request["model"], shape))
 
 
+def _total_seconds(cost: KindCost) -> float:
+    total = float(RATES["job_overhead_seconds"])
+    for stage in cost.seconds:  # in order: the sum is the same float as the stages' order gives
+        total += stage
+    return total
+
+
 def estimate(request: dict[str, Any], shape: Shape) -> Estimate:
     """request: a validated job request as JSON (``model_dump(mode='json')``)."""
     estimator, params, job = _prepare(request, shape)
@@ -534,7 +544,7 @@ def estimate(request: dict[str, Any], shape: Shape) -> Estimate:
         memory_bytes=int(mem + RUNTIME_BYTES),
         shape=shape,
         notes=notes,
-        seconds=float(RATES["job_overhead_seconds"] + cost.seconds),
+        seconds=_total_seconds(cost),
     )
     if estimator.extras is not None:
         estimator.extras(params, job, est)
@@ -545,7 +555,7 @@ def estimate_seconds(request: dict[str, Any], shape: Shape) -> float:
     """Point estimate of a job's run time in seconds from :data:`RATES` (order of magnitude:
     the dominant trainings and kernel algebra of each kind; see docs/api.md)."""
     estimator, params, job = _prepare(request, shape)
-    return float(RATES["job_overhead_seconds"] + estimator.cost(params, job).seconds)
+    return _total_seconds(estimator.cost(params, job))
 
 
 def dataset_checks(
