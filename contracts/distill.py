@@ -8,14 +8,17 @@ parameter; the contract checks them first, so that the request is refused at sub
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from .common import ModelSpec, Optimizer, Strict
 
-COMPLEXITY_KIND = "supervision-complexity"
-DISTILLATION_KIND = "distillation"
+# The two kinds' one spelling each; contracts.jobs builds on them.
+ComplexityKind = Literal["supervision-complexity"]
+DistillationKind = Literal["distillation"]
+COMPLEXITY_KIND: str = get_args(ComplexityKind)[0]
+DISTILLATION_KIND: str = get_args(DistillationKind)[0]
 
 # Mirrors infoscore.distill.ComplexityKernel and DistillMode (a unit test checks it).
 ComplexityKernelName = Literal["averaged", "full"]

@@ -4,13 +4,38 @@ refuse a job before it runs, and ``POST /v1/jobs:estimate`` shows them).
 The estimates are upper-bound-minded approximations of the dominant allocations of each
 kind (parameters and optimizer state, per-sample Jacobians, kernel matrices), plus a fixed
 allowance for the torch runtime; see docs/api.md. They are in bytes.
+
+One estimator per job kind, in the registry :data:`ESTIMATORS` keyed by the kinds'
+``KIND`` constants. Each reads the kind's *validated* params model (defaults come from the
+contract, never re-spelled here) and returns a :class:`KindCost`; :func:`estimate` adds what
+every kind shares (the dataset, the runtime). The finite-t leave-one-out cost model is
+``infoscore.costs`` itself (torch-free), so the estimator and the library cannot drift.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from infoscore.costs import IN_BLOCK_WEIGHT as IN_BLOCK_WEIGHT  # re-exported
+from infoscore.costs import RECURRENCE_BLOCK as RECURRENCE_BLOCK
+from infoscore.costs import finite_t_cost as finite_t_cost
+from infoscore.costs import projected_finite_t_cost as projected_finite_t_cost
+from infoscore.costs import recurrence_block as recurrence_block
+
+from . import distill, fcmi, label_issues, limit, sample_information, training_dynamics
+from .distill import DistillationParams, SupervisionComplexityParams
+from .fcmi import FcmiParams
+from .jobs import params_model
+from .label_issues import LabelIssuesParams
+from .limit import LimitParams
+from .sample_information import MAX_DELTA_F_BYTES as MAX_DELTA_F_BYTES
+from .sample_information import SampleInformationParams
+from .training_dynamics import TrainingDynamicsParams
 
 RUNTIME_BYTES = 400 * 1024**2  # torch + python + data loading in a worker child
 F32 = 4
@@ -131,74 +156,33 @@ def parameter_count(model: dict[str, Any], shape: Shape) -> int:
 
 
 # --- sample-information: finite-t LOO time and the delta_f artifact ----------------------
-# Cost units of infoscore.sample_info.finite_t_cost (flop-like; a test checks the two agree)
-# per second. CPU: n = 1000, k = 2, t = 2000 (cost 1.4e11) took 5.7 s of CPU on one core of
-# this 2-core machine (2.4e10/s) and 17 s of wall time while it was shared: 5e9/s is that
-# shared rate, rounded down. GPU (request device "cuda"): float64 eigh and GEMMs on an
-# H200-class device, assumed 40x the CPU rate (not measured here: no GPU was lent).
+# Cost units of infoscore.costs.finite_t_cost (flop-like) per second. CPU: n = 1000, k = 2,
+# t = 2000 (cost 1.4e11) took 5.7 s of CPU on one core of this 2-core machine (2.4e10/s) and
+# 17 s of wall time while it was shared: 5e9/s is that shared rate, rounded down. GPU
+# (request device "cuda"): float64 eigh and GEMMs on an H200-class device, assumed 40x the
+# CPU rate (not measured here: no GPU was lent).
 FINITE_T_RATE = {"cpu": 5e9, "cuda": 2e11}
-RECURRENCE_BLOCK = 64  # infoscore.sample_info.RECURRENCE_BLOCK
-IN_BLOCK_WEIGHT = 80.0  # infoscore.sample_info.IN_BLOCK_WEIGHT
 
 
-def recurrence_block(dim: int, k: int, t: int) -> int:
-    """Mirror of ``infoscore.sample_info.recurrence_block``."""
-    return max(1, min(t, RECURRENCE_BLOCK, max(8, round(math.sqrt(6.0 * dim / max(k, 1))))))
-
-
-MAX_DELTA_F_BYTES = 1 << 30  # contracts.sample_information.MAX_DELTA_F_BYTES
-
-
-def finite_t_cost(n: int, k: int, t: int, route: str) -> float:
-    """Mirror of ``infoscore.sample_info.finite_t_cost`` (contracts may not import torch)."""
-    big_n = float(n * k)
-    if route == "eigh":
-        return 10.0 * n * (big_n - k) ** 3 + 2.0 * big_n * big_n * n
-    block = float(recurrence_block(n * k, k, t))
-    return (
-        10.0 * big_n**3
-        + 6.0 * n * k * big_n * t
-        + 2.0 * n * k * k * big_n * block
-        + IN_BLOCK_WEIGHT * n * k * k * block * t
-        + 2.0 * big_n * big_n * n
-    )
-
-
-def projected_finite_t_cost(n: int, k: int, d: int, t: int, time: str) -> float:
-    """Mirror of ``infoscore.sample_info.projected_finite_t_cost``."""
-    if time != "discrete":
-        return 10.0 * n * float(d) ** 3
-    block = float(recurrence_block(d, k, t))
-    big_n = float(n * k)
-    return (
-        10.0 * float(d) ** 3
-        + 2.0 * big_n * d * d
-        + 6.0 * big_n * d * t
-        + 2.0 * n * k * k * d * block
-        + IN_BLOCK_WEIGHT * n * k * k * block * t
-    )
-
-
-def _sample_information_extras(
-    request: dict[str, Any], params: dict[str, Any], shape: Shape, est: Estimate
-) -> None:
+def _sample_information_extras(params: SampleInformationParams, job: Job, est: Estimate) -> None:
+    shape = job.shape
     n, k = shape.n_train, shape.n_classes
-    t = params.get("t")
-    rate = FINITE_T_RATE["cuda" if request.get("device") == "cuda" else "cpu"]
+    t = params.t
+    rate = FINITE_T_RATE["cuda" if job.request.get("device") == "cuda" else "cpu"]
     if t is not None:
-        if params.get("method", "exact") == "exact":
-            routes = ["eigh"] if params.get("time", "discrete") != "discrete" else ["recurrence", "eigh"]
+        if params.method == "exact":
+            routes = ["eigh"] if params.time != "discrete" else ["recurrence", "eigh"]
             cost = min(finite_t_cost(n, k, int(t), r) for r in routes)
         else:
-            d = int(params.get("projection_dim", 2048))
+            d = params.projection_dim
             cost = min(
-                projected_finite_t_cost(n, k, d, int(t), params.get("time", "discrete")),
+                projected_finite_t_cost(n, k, d, int(t), params.time),
                 10.0 * n * float(d) ** 3,
             )
         est.compute_seconds["finite_t_loo"] = cost / rate
         est.notes.append(f"finite t = {t}: leave-one-out cost about {cost:.3g} units at {rate:.3g}/s")
-    if params.get("delta_f"):
-        m = min(shape.n_test, int(params.get("eval_size", 1000)))
+    if params.delta_f:
+        m = min(shape.n_test, params.eval_size)
         size = 4 * n * m * k
         est.memory_bytes += 2 * size  # the array and its npz copy
         if size > MAX_DELTA_F_BYTES:
@@ -259,74 +243,6 @@ def dataset_memory(ref: Any, shape: Shape) -> DatasetMemory:
     return DatasetMemory(load_peak=2 * stored, resident=2 * stored)
 
 
-def estimate(request: dict[str, Any], shape: Shape) -> Estimate:
-    """request: a validated job request as JSON (``model_dump(mode='json')``)."""
-    kind = request["kind"]
-    params = request.get("params") or {}
-    p = parameter_count(request["model"], shape)
-    n, k = shape.n_train, shape.n_classes
-    notes: list[str] = []
-    mem = _training_bytes(p, shape)
-    if kind == "training-dynamics":
-        mem += min(n * p * F32, 256 * 1024**2)  # per-sample gradients, in bounded batches
-    elif kind == "sample-information":
-        m = min(shape.n_test or n, int(params.get("eval_size", 1000)))
-        if params.get("method", "exact") == "exact":
-            nk = n * k
-            mem += nk * p * F32  # the Jacobian
-            mem += 4 * nk * nk * F64  # NTK, its factor and two work matrices
-            mem += m * k * p * F32 + m * k * nk * F64  # held-out Jacobian and cross-kernel
-            if params.get("t") is not None:
-                mem += 2 * nk * nk * F64  # eigendecompositions of the leave-one-out systems
-            notes.append(f"exact: n*k = {nk}; the kernel is (n*k)^2 float64")
-        else:
-            d = int(params.get("projection_dim", 2048))
-            mem += (n + m) * k * d * F64 + 4 * d * d * F64 + 256 * 1024**2
-            notes.append(f"projected: features (n+m)*k*d with d = {d}")
-        if {"weights_full", "weights_full_linearized"} & set(params.get("measures", [])):
-            mem += 3 * p * p * F64
-    elif kind == "fcmi-bound":
-        notes.append("per unit (one training on 2*max(n) samples); units run one per worker process")
-    elif kind == "limit":
-        mem = _training_bytes(p, shape, copies=3)  # classifier, q-network, best checkpoint
-    elif kind == "label-issues":
-        method = params.get("method", "limit")
-        # LIMIT holds a classifier and a q-network; pred_probs and the decisions are (n, k) float64.
-        copies = 2 if method in ("limit", "limit-cv", "ensemble") else 1
-        mem = _training_bytes(p, shape, copies=copies) + 4 * n * k * F64
-        if method != "limit":
-            notes.append(f"{params.get('folds', 5)} cross-fitted trainings, one at a time")
-    elif kind in ("supervision-complexity", "distillation"):
-        teacher_p = parameter_count(params["teacher"], shape)
-        checkpoints = len(params.get("checkpoints", [])) + 1
-        mem += _training_bytes(teacher_p, shape) + checkpoints * teacher_p * F32
-        m = min(n, int(params.get("subsample", 1000)))
-        if kind == "supervision-complexity" and params.get("kernel") == "full":
-            mem += m * k * p * F32 + 3 * (m * k) ** 2 * F64
-        else:
-            mem += m * k * p * F32 + 3 * m * m * F64
-    # The job's arrays above count one float32 copy of the data; the dataset's real cost
-    # (cache + copy, and the peak while it is built) replaces it.
-    data = dataset_memory(request.get("dataset"), shape)
-    job_part = mem - (shape.n_train + shape.n_test) * shape.features * F32
-    mem = max(data.load_peak, data.resident + job_part)
-    if data.resident > 1024**3:
-        notes.append(
-            f"dataset: {data.resident / 1024**3:.2f} GiB resident (worker cache + the job's copy), "
-            f"{data.load_peak / 1024**3:.2f} GiB while it is loaded"
-        )
-    est = Estimate(
-        parameters=p,
-        memory_bytes=int(mem + RUNTIME_BYTES),
-        shape=shape,
-        notes=notes,
-        seconds=estimate_seconds(request, shape),
-    )
-    if kind == "sample-information":
-        _sample_information_extras(request, params, shape, est)
-    return est
-
-
 def _train_seconds(epochs: int, n: int, p: int, batch_size: int, networks: float = 1.0) -> float:
     """Mini-batch training with a per-epoch evaluation pass (a forward, about 1/3 of a step)."""
     r = RATES
@@ -345,82 +261,302 @@ def _kernel_seconds(rows: int, p: int, side: int, k: int = 1) -> float:
     )
 
 
-def estimate_seconds(request: dict[str, Any], shape: Shape) -> float:
-    """Point estimate of a job's run time in seconds from :data:`RATES` (order of magnitude:
-    the dominant trainings and kernel algebra of each kind; see docs/api.md)."""
-    kind = request["kind"]
-    params = request.get("params") or {}
-    p = parameter_count(request["model"], shape)
-    n, k = shape.n_train, shape.n_classes
-    batch = int(params.get("batch_size", 64))
-    r = RATES
-    t = r["job_overhead_seconds"]
-    if kind == "training-dynamics":
-        t += (
-            _train_seconds(int(params.get("epochs", 30)), n, p, batch)
-            + 3 * n * p / r["train_sample_epoch_params_per_s"]
-        )
-    elif kind == "sample-information":
-        m = min(shape.n_test or 0, int(params.get("eval_size", 1000)))
-        nk = n * k
-        if params.get("method", "exact") == "exact":
-            t += _kernel_seconds(n + m, p, nk, k) + 2.0 * m * k * nk * p / r["gemm_flop_per_s"]
-            if params.get("t") is not None:
-                t += 9 * nk**3 / r["cholesky_flop_per_s"]  # eigendecomposition ~ 9 (nk)^3
-        else:
-            d = int(params.get("projection_dim", 2048))
-            t += (n + m) * k * p / r["jacobian_sample_class_params_per_s"]
-            t += 2.0 * (n + m) * k * p * d / r["gemm_flop_per_s"] + 2 * nk * d * d / r["gemm_flop_per_s"]
-        gt = params.get("ground_truth")
-        if isinstance(gt, dict) and params.get("t") is not None:
-            t += (
-                (min(int(gt.get("subset", 50)), n) + 1)
-                * int(params["t"])
-                * n
-                * p
-                * 3
-                / r["train_sample_epoch_params_per_s"]
-            )
-    elif kind == "fcmi-bound":
-        k1, k2 = int(params.get("k1", 3)), int(params.get("k2", 30))
-        epochs = int(params.get("epochs", 100))
-        for size in params.get("n") or [50, 100, 200, 400]:
-            units = k1 * k2
-            if params.get("learner", "model") == "1nn":
-                t += units * (
-                    r["unit_overhead_seconds"] + 4 * size * size * shape.features / r["gemm_flop_per_s"]
-                )
-            else:
-                t += units * (r["unit_overhead_seconds"] + _train_seconds(epochs, int(size), p, batch))
-    elif kind == "limit":
-        epochs = int(params.get("epochs", 300))
-        networks = 2.0 + (1.0 if params.get("baseline", True) else 0.0)  # classifier, q, baseline
-        t += _train_seconds(epochs, n, p, int(params.get("batch_size", 256)), networks)
-    elif kind in ("supervision-complexity", "distillation"):
-        teacher = params.get("teacher") or request["model"]
-        teacher_p = parameter_count(teacher, shape)
-        t += _train_seconds(int(params.get("teacher_epochs", 50)), n, teacher_p, batch)
-        m = min(n, int(params.get("subsample", 1000 if kind == "supervision-complexity" else 500)))
-        side = m * k if params.get("kernel") == "full" else m
-        if kind == "supervision-complexity":
-            ckpts = params.get("student_checkpoints") or [0]
-            t += _train_seconds(max(ckpts), n, p, batch)
-            t += len(ckpts) * _kernel_seconds(m, p, side, k)
-        else:
-            runs = int(params.get("seeds", 3)) * len(params.get("mode") or ["none", "offline", "online"])
-            epochs = int(params.get("epochs", 50))
-            t += runs * _train_seconds(epochs, n, p, batch)
-            curves = params.get("curve_epochs")
-            t += runs * (5 if curves is None else len(curves)) * _kernel_seconds(m, p, side, k)
-    return float(t)
-
-
 @dataclass
 class DatasetFacts:
     """What the checks need to know about a dataset besides its shape."""
 
     builtin: bool
     has_truth: bool = False
+
+
+# --- one estimator per kind ------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """What a kind's estimator reads besides its params: the request as JSON, the dataset's
+    shape and the parameter count of the request's model."""
+
+    request: dict[str, Any]
+    shape: Shape
+    parameters: int
+
+    @property
+    def n(self) -> int:
+        return self.shape.n_train
+
+    @property
+    def k(self) -> int:
+        return self.shape.n_classes
+
+
+@dataclass
+class KindCost:
+    """A kind's dominant costs. ``memory``: bytes of the job's arrays, counting one float32
+    copy of the dataset (:func:`estimate` replaces it by the dataset's real cost);
+    ``seconds``: the stages' times, added in this order to ``RATES["job_overhead_seconds"]``."""
+
+    memory: int
+    seconds: list[float]
+    notes: list[str] = field(default_factory=list)
+
+
+Check = dict[str, str]  # {"field", "detail"}: a refusal of dataset_checks
+P = TypeVar("P", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class KindEstimator(Generic[P]):
+    """How to estimate one kind: its params model, its costs, and optionally what it adds
+    once the totals are known (``extras``) and the checks it needs against the dataset."""
+
+    params: type[P]
+    cost: Callable[[P, Job], KindCost]
+    extras: Callable[[P, Job, Estimate], None] | None = None
+    checks: Callable[[P, Job, DatasetFacts, Callable[[str], str]], list[Check]] | None = None
+
+
+def _training_dynamics(params: TrainingDynamicsParams, job: Job) -> KindCost:
+    n, p, r = job.n, job.parameters, RATES
+    return KindCost(
+        memory=_training_bytes(p, job.shape) + min(n * p * F32, 256 * 1024**2),  # per-sample grads, batched
+        seconds=[
+            _train_seconds(params.epochs, n, p, params.batch_size)
+            + 3 * n * p / r["train_sample_epoch_params_per_s"]
+        ],
+    )
+
+
+def _sample_information(params: SampleInformationParams, job: Job) -> KindCost:
+    shape, n, k, p, r = job.shape, job.n, job.k, job.parameters, RATES
+    nk = n * k
+    mem = _training_bytes(p, shape)
+    seconds: list[float] = []
+    notes: list[str] = []
+    m_test = min(shape.n_test or 0, params.eval_size)  # held-out inputs of F-SI
+    if params.method == "exact":
+        m = min(shape.n_test or n, params.eval_size)
+        mem += nk * p * F32  # the Jacobian
+        mem += 4 * nk * nk * F64  # NTK, its factor and two work matrices
+        mem += m * k * p * F32 + m * k * nk * F64  # held-out Jacobian and cross-kernel
+        if params.t is not None:
+            mem += 2 * nk * nk * F64  # eigendecompositions of the leave-one-out systems
+        notes.append(f"exact: n*k = {nk}; the kernel is (n*k)^2 float64")
+        seconds.append(
+            _kernel_seconds(n + m_test, p, nk, k) + 2.0 * m_test * k * nk * p / r["gemm_flop_per_s"]
+        )
+        if params.t is not None:
+            seconds.append(9 * nk**3 / r["cholesky_flop_per_s"])  # eigendecomposition ~ 9 (nk)^3
+    else:
+        d = params.projection_dim
+        m = min(shape.n_test or n, params.eval_size)
+        mem += (n + m) * k * d * F64 + 4 * d * d * F64 + 256 * 1024**2
+        notes.append(f"projected: features (n+m)*k*d with d = {d}")
+        seconds.append((n + m_test) * k * p / r["jacobian_sample_class_params_per_s"])
+        seconds.append(
+            2.0 * (n + m_test) * k * p * d / r["gemm_flop_per_s"] + 2 * nk * d * d / r["gemm_flop_per_s"]
+        )
+    if {"weights_full", "weights_full_linearized"} & set(params.measures):
+        mem += 3 * p * p * F64
+    gt = params.ground_truth
+    if gt is not None and params.t is not None:
+        seconds.append((min(gt.subset, n) + 1) * params.t * n * p * 3 / r["train_sample_epoch_params_per_s"])
+    return KindCost(memory=mem, seconds=seconds, notes=notes)
+
+
+def _sample_information_checks(
+    params: SampleInformationParams, job: Job, facts: DatasetFacts, given: Callable[[str], str]
+) -> list[Check]:
+    if job.shape.n_test == 0 and "predictions" in params.measures:
+        return [
+            {
+                "field": "params.measures",
+                "detail": "The 'measures' parameter of sample-information may include 'predictions' only "
+                f"when the dataset has a test split; this one has none. Got {params.measures}"
+                f'{given("measures")}; use ["weights"] or upload test rows.',
+            }
+        ]
+    return []
+
+
+def _fcmi(params: FcmiParams, job: Job) -> KindCost:
+    p, r = job.parameters, RATES
+    seconds: list[float] = []
+    for size in params.n:
+        units = params.k1 * params.k2
+        if params.learner == "1nn":
+            per_unit = (
+                r["unit_overhead_seconds"] + 4 * size * size * job.shape.features / r["gemm_flop_per_s"]
+            )
+        else:
+            per_unit = r["unit_overhead_seconds"] + _train_seconds(params.epochs, size, p, params.batch_size)
+        seconds.append(units * per_unit)
+    return KindCost(
+        memory=_training_bytes(p, job.shape),
+        seconds=seconds,
+        notes=["per unit (one training on 2*max(n) samples); units run one per worker process"],
+    )
+
+
+def _fcmi_checks(
+    params: FcmiParams, job: Job, facts: DatasetFacts, given: Callable[[str], str]
+) -> list[Check]:
+    n = job.n
+    if 2 * max(params.n) > n:
+        return [
+            {
+                "field": "params.n",
+                "detail": f"The 'n' parameter of fcmi-bound must have 2 * max(n) <= {n}, the training "
+                f"rows of this dataset: each supersample draws 2n of them. Got "
+                f"{params.n}{given('n')}; use sizes up to {n // 2}.",
+            }
+        ]
+    return []
+
+
+def _limit(params: LimitParams, job: Job) -> KindCost:
+    networks = 2.0 + (1.0 if params.baseline else 0.0)  # classifier, q, baseline
+    return KindCost(
+        memory=_training_bytes(job.parameters, job.shape, copies=3),  # classifier, q-network, best checkpoint
+        seconds=[_train_seconds(params.epochs, job.n, job.parameters, params.batch_size, networks)],
+    )
+
+
+def _limit_checks(
+    params: LimitParams, job: Job, facts: DatasetFacts, given: Callable[[str], str]
+) -> list[Check]:
+    if params.clean_validation and not (facts.builtin or facts.has_truth):
+        return [
+            {
+                "field": "params.clean_validation",
+                "detail": "The 'clean_validation' parameter of limit needs the clean labels, which this "
+                "upload does not have: set it to false, or upload the true labels with truth_column.",
+            }
+        ]
+    return []
+
+
+def _label_issues(params: LabelIssuesParams, job: Job) -> KindCost:
+    # LIMIT holds a classifier and a q-network; pred_probs and the decisions are (n, k) float64.
+    copies = 2 if params.method in ("limit", "limit-cv", "ensemble") else 1
+    notes = [] if params.method == "limit" else [f"{params.folds} cross-fitted trainings, one at a time"]
+    return KindCost(
+        memory=_training_bytes(job.parameters, job.shape, copies=copies) + 4 * job.n * job.k * F64,
+        seconds=[],  # no time model yet: the job overhead only
+        notes=notes,
+    )
+
+
+def _teacher_cost(
+    teacher: BaseModel, teacher_epochs: int, batch_size: int, job: Job, checkpoints: int
+) -> KindCost:
+    """The teacher both distillation kinds train first, and its kept checkpoints."""
+    teacher_p = parameter_count(teacher.model_dump(), job.shape)
+    return KindCost(
+        memory=_training_bytes(job.parameters, job.shape)
+        + _training_bytes(teacher_p, job.shape)
+        + checkpoints * teacher_p * F32,
+        seconds=[_train_seconds(teacher_epochs, job.n, teacher_p, batch_size)],
+    )
+
+
+def _supervision_complexity(params: SupervisionComplexityParams, job: Job) -> KindCost:
+    n, k, p = job.n, job.k, job.parameters
+    cost = _teacher_cost(
+        params.teacher, params.teacher_epochs, params.batch_size, job, len(params.checkpoints) + 1
+    )
+    m = min(n, params.subsample)
+    if params.kernel == "full":
+        cost.memory += m * k * p * F32 + 3 * (m * k) ** 2 * F64
+    else:
+        cost.memory += m * k * p * F32 + 3 * m * m * F64
+    side = m * k if params.kernel == "full" else m
+    ckpts = params.student_checkpoints
+    cost.seconds.append(_train_seconds(max(ckpts), n, p, params.batch_size))
+    cost.seconds.append(len(ckpts) * _kernel_seconds(m, p, side, k))
+    return cost
+
+
+def _distillation(params: DistillationParams, job: Job) -> KindCost:
+    n, k, p = job.n, job.k, job.parameters
+    cost = _teacher_cost(params.teacher, params.teacher_epochs, params.batch_size, job, 1)
+    m = min(n, params.subsample)
+    # The curves' kernel is counted m x m even with kernel 'full' (an (mk)^2 kernel): the numbers
+    # of the if/elif version, kept equal on purpose; likely an underestimate for 'full'.
+    cost.memory += m * k * p * F32 + 3 * m * m * F64
+    side = m * k if params.kernel == "full" else m
+    runs = params.seeds * len(params.mode)
+    cost.seconds.append(runs * _train_seconds(params.epochs, n, p, params.batch_size))
+    curves = params.curve_epochs
+    cost.seconds.append(runs * (5 if curves is None else len(curves)) * _kernel_seconds(m, p, side, k))
+    return cost
+
+
+ESTIMATORS: dict[str, KindEstimator[Any]] = {
+    training_dynamics.KIND: KindEstimator(TrainingDynamicsParams, _training_dynamics),
+    sample_information.KIND: KindEstimator(
+        SampleInformationParams,
+        _sample_information,
+        extras=_sample_information_extras,
+        checks=_sample_information_checks,
+    ),
+    fcmi.KIND: KindEstimator(FcmiParams, _fcmi, checks=_fcmi_checks),
+    limit.KIND: KindEstimator(LimitParams, _limit, checks=_limit_checks),
+    distill.COMPLEXITY_KIND: KindEstimator(SupervisionComplexityParams, _supervision_complexity),
+    distill.DISTILLATION_KIND: KindEstimator(DistillationParams, _distillation),
+    label_issues.KIND: KindEstimator(LabelIssuesParams, _label_issues),
+}
+
+
+def _prepare(request: dict[str, Any], shape: Shape) -> tuple[KindEstimator[Any], Any, Job]:
+    """The kind's estimator, its validated params (defaults filled in by the contract) and
+    the job. ``request`` may leave params out (they take their defaults)."""
+    kind = request["kind"]
+    estimator = ESTIMATORS[kind]
+    assert estimator.params is params_model(kind), f"{kind}: estimator and contract disagree"
+    params = estimator.params.model_validate(request.get("params") or {})
+    return estimator, params, Job(request, shape, parameter_count(request["model"], shape))
+
+
+def _total_seconds(cost: KindCost) -> float:
+    total = float(RATES["job_overhead_seconds"])
+    for stage in cost.seconds:  # in order: the sum is the same float as the stages' order gives
+        total += stage
+    return total
+
+
+def estimate(request: dict[str, Any], shape: Shape) -> Estimate:
+    """request: a validated job request as JSON (``model_dump(mode='json')``)."""
+    estimator, params, job = _prepare(request, shape)
+    cost = estimator.cost(params, job)
+    notes = list(cost.notes)
+    # The job's arrays above count one float32 copy of the data; the dataset's real cost
+    # (cache + copy, and the peak while it is built) replaces it.
+    data = dataset_memory(request.get("dataset"), shape)
+    job_part = cost.memory - (shape.n_train + shape.n_test) * shape.features * F32
+    mem = max(data.load_peak, data.resident + job_part)
+    if data.resident > 1024**3:
+        notes.append(
+            f"dataset: {data.resident / 1024**3:.2f} GiB resident (worker cache + the job's copy), "
+            f"{data.load_peak / 1024**3:.2f} GiB while it is loaded"
+        )
+    est = Estimate(
+        parameters=job.parameters,
+        memory_bytes=int(mem + RUNTIME_BYTES),
+        shape=shape,
+        notes=notes,
+        seconds=_total_seconds(cost),
+    )
+    if estimator.extras is not None:
+        estimator.extras(params, job, est)
+    return est
+
+
+def estimate_seconds(request: dict[str, Any], shape: Shape) -> float:
+    """Point estimate of a job's run time in seconds from :data:`RATES` (order of magnitude:
+    the dominant trainings and kernel algebra of each kind; see docs/api.md)."""
+    estimator, params, job = _prepare(request, shape)
+    return _total_seconds(estimator.cost(params, job))
 
 
 def dataset_checks(
@@ -433,45 +569,18 @@ def dataset_checks(
     request: a validated job request as JSON. params_set: the ``params`` fields the user
     gave (a default that does not fit is named as a default).
     """
-    problems: list[dict[str, str]] = []
-    kind = request["kind"]
-    params = request.get("params") or {}
+    estimator, params, job = _prepare(request, shape)
 
     def given(name: str) -> str:
         return "" if name in params_set else " (the default)"
 
-    n = shape.n_train
-    if kind == "fcmi-bound":
-        largest = max(params.get("n") or [0])
-        if 2 * largest > n:
-            problems.append(
-                {
-                    "field": "params.n",
-                    "detail": f"The 'n' parameter of fcmi-bound must have 2 * max(n) <= {n}, the training "
-                    f"rows of this dataset: each supersample draws 2n of them. Got "
-                    f"{params.get('n')}{given('n')}; use sizes up to {n // 2}.",
-                }
-            )
-    if kind == "sample-information" and shape.n_test == 0 and "predictions" in (params.get("measures") or []):
-        problems.append(
-            {
-                "field": "params.measures",
-                "detail": "The 'measures' parameter of sample-information may include 'predictions' only "
-                f"when the dataset has a test split; this one has none. Got {params.get('measures')}"
-                f'{given("measures")}; use ["weights"] or upload test rows.',
-            }
-        )
-    if kind == "limit" and params.get("clean_validation") and not (facts.builtin or facts.has_truth):
-        problems.append(
-            {
-                "field": "params.clean_validation",
-                "detail": "The 'clean_validation' parameter of limit needs the clean labels, which this "
-                "upload does not have: set it to false, or upload the true labels with truth_column.",
-            }
-        )
+    problems: list[dict[str, str]] = []
+    if estimator.checks is not None:
+        problems += estimator.checks(params, job, facts, given)
     models = [("model", request["model"])]
-    if kind in ("supervision-complexity", "distillation") and isinstance(params.get("teacher"), dict):
-        models.append(("params.teacher", params["teacher"]))
+    teacher = getattr(params, "teacher", None)  # the distillation kinds' second model
+    if isinstance(teacher, BaseModel):
+        models.append(("params.teacher", teacher.model_dump()))
     for where, model in models:
         if model.get("arch") != "cnn":
             continue

@@ -7,13 +7,14 @@ supersample seed), each training its k2 selector draws as one batched ensemble; 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
 from .common import Optimizer, Strict
 
-KIND = "fcmi-bound"
+Kind = Literal["fcmi-bound"]  # the kind's one spelling; contracts.jobs builds on it
+KIND: str = get_args(Kind)[0]
 
 # The values mirror infoscore.fcmi.MiEstimator and infoscore.fcmi.Learner.
 MiEstimatorName = Literal["plugin", "miller_madow"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, get_args
 
-from pydantic import Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
+from . import distill, fcmi, label_issues, limit, sample_information, training_dynamics
 from .common import DatasetRef, Device, ModelSpec, Strict
 from .distill import DistillationParams, SupervisionComplexityParams
 from .fcmi import FcmiParams
@@ -23,46 +24,49 @@ class _JobBase(Strict):
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="init and data-order seed")
     device: Device = Field(default="auto", description="auto = cuda when the worker has one")
     name: str | None = Field(default=None, max_length=200)
+    # Kinds that fan out into independent units (see workers.execution) set this.
+    fanout: ClassVar[bool] = False
 
 
 class TrainingDynamicsJob(_JobBase):
-    kind: Literal["training-dynamics"]
+    kind: training_dynamics.Kind
     params: TrainingDynamicsParams = Field(default_factory=TrainingDynamicsParams)
 
 
 class SampleInformationJob(_JobBase):
-    kind: Literal["sample-information"]
+    kind: sample_information.Kind
     params: SampleInformationParams = Field(default_factory=SampleInformationParams)
 
 
 class FcmiBoundJob(_JobBase):
-    kind: Literal["fcmi-bound"]
+    kind: fcmi.Kind
+    fanout: ClassVar[bool] = True
     params: FcmiParams = Field(default_factory=FcmiParams)
 
 
 class LimitJob(_JobBase):
-    kind: Literal["limit"]
+    kind: limit.Kind
     params: LimitParams = Field(default_factory=LimitParams)
 
 
 class SupervisionComplexityJob(_JobBase):
     """``model`` is the student."""
 
-    kind: Literal["supervision-complexity"]
+    kind: distill.ComplexityKind
     params: SupervisionComplexityParams
 
 
 class DistillationJob(_JobBase):
     """``model`` is the student."""
 
-    kind: Literal["distillation"]
+    kind: distill.DistillationKind
     params: DistillationParams
 
 
 class LabelIssuesJob(_JobBase):
     """``model`` is the architecture of every model trained."""
 
-    kind: Literal["label-issues"]
+    kind: label_issues.Kind
     params: LabelIssuesParams = Field(default_factory=LabelIssuesParams)
 
 
@@ -77,17 +81,19 @@ JobRequest = Annotated[
     Field(discriminator="kind"),
 ]
 JOB_REQUEST_ADAPTER: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)
-JOB_KINDS: tuple[str, ...] = (
-    "training-dynamics",
-    "sample-information",
-    "fcmi-bound",
-    "limit",
-    "supervision-complexity",
-    "distillation",
-    "label-issues",
-)
-# Kinds that fan out into independent units (see workers.fanout).
-FANOUT_KINDS: frozenset[str] = frozenset({"fcmi-bound"})
+# Everything below is derived from the union, so a kind is added by adding its class to it.
+JOB_MODELS: dict[str, type[_JobBase]] = {
+    get_args(cls.model_fields["kind"].annotation)[0]: cls for cls in get_args(get_args(JobRequest)[0])
+}
+JOB_KINDS: tuple[str, ...] = tuple(JOB_MODELS)
+FANOUT_KINDS: frozenset[str] = frozenset(kind for kind, cls in JOB_MODELS.items() if cls.fanout)
+
+
+def params_model(kind: str) -> type[BaseModel]:
+    """The params model of ``kind`` (KeyError for an unknown kind)."""
+    annotation = JOB_MODELS[kind].model_fields["params"].annotation
+    assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return annotation
 
 
 def request_fingerprint(request: dict[str, object]) -> str:

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
 from .common import Strict
 
-KIND = "label-issues"
+Kind = Literal["label-issues"]  # the kind's one spelling; contracts.jobs builds on it
+KIND: str = get_args(Kind)[0]
 # Mirror infoscore.label_issues.Method / Threshold (a test checks that they match).
 Method = Literal["cross-entropy-cv", "limit", "limit-cv", "ensemble"]
 ThresholdPolicy = Literal["prune-by-noise-rate", "confident-joint", "both", "argmax"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
 from .common import Strict
 
-KIND = "limit"
+Kind = Literal["limit"]  # the kind's one spelling; contracts.jobs builds on it
+KIND: str = get_args(Kind)[0]
 # Per-sample columns of the job's scores table, in order (docs/jobs/limit.md).
 SCORE_COLUMNS = (
     "label_noise_score",

@@ -17,7 +17,11 @@ class JobState(StrEnum):
     cancelled = "cancelled"
 
 
+# The job state vocabulary, defined here only: store/ and workers/ (and the gateway) use these
+# instead of spelling states out. JobState members are str, so a plain "failed" from a row
+# is `in` these sets, and they bind as strings in SQL.
 TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+ACTIVE_STATES = frozenset({JobState.queued, JobState.running})
 
 
 class Progress(BaseModel):

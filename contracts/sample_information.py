@@ -6,13 +6,14 @@ the closed forms use η = lr/n and λ = n·l2. Defaults and why: docs/jobs/sampl
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
 from .common import Optimizer, Strict
 
-KIND = "sample-information"
+Kind = Literal["sample-information"]  # the kind's one spelling; contracts.jobs builds on it
+KIND: str = get_args(Kind)[0]
 
 Measure = Literal["weights", "predictions", "weights_full", "weights_full_linearized"]
 Method = Literal["exact", "projected"]

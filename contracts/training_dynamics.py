@@ -13,13 +13,14 @@ memorizes the flipped labels (train accuracy about 0.8 on the noisy labels).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from .common import Optimizer, Strict
 
-KIND = "training-dynamics"
+Kind = Literal["training-dynamics"]  # the kind's one spelling; contracts.jobs builds on it
+KIND: str = get_args(Kind)[0]
 SCORE_COLUMNS = ("loss", "margin", "el2n", "grand", "forgetting_events")
 # The per-sample table: the scores, then never_learned (never predicted correctly at the end
 # of an epoch). Ranking rule for forgetting: never-learned rows first, then by

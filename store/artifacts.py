@@ -7,7 +7,10 @@ Layout::
     cache/units/<key>.npz            content-keyed results of fan-out units
 
 Every write goes to a temp file in the same folder, is fsynced, then renamed, so a
-reader never sees half a file and a crash leaves either the old file or the new one.
+reader never sees half a file and a crash leaves either the old file or the new one:
+:func:`atomic_writer` is the one place that does it (uploads stream through it, artifacts
+and unit results go through :func:`atomic_write_bytes`). :func:`dataset_path` is the one
+place that knows where a dataset lives (the gateway and the workers both call it).
 Artifact names are checked against a strict pattern before any path is built from them.
 """
 
@@ -18,7 +21,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # whole name: fullmatch
 JOB_ID = re.compile(r"^job_[0-9a-f]{24}$")
@@ -30,12 +35,17 @@ def valid_artifact_name(name: str) -> bool:
     return bool(ARTIFACT_NAME.fullmatch(name)) and ".." not in name
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: a ``.NAME.*.tmp`` file in the same folder,
+    flushed and fsynced when the block ends, then renamed over ``path``. If the block
+    raises, the temp file is removed and ``path`` is left as it was."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -45,8 +55,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_writer(path) as fh:
+        fh.write(data)
+
+
 def atomic_copy(src: Path, dest: Path) -> None:
-    atomic_write_bytes(dest, Path(src).read_bytes())
+    """Copy ``src`` to ``dest`` atomically, streaming (a large file is never held whole)."""
+    with open(src, "rb") as source, atomic_writer(dest) as fh:
+        shutil.copyfileobj(source, fh, 1024 * 1024)
+
+
+def dataset_path(root: Path, dataset_id: str) -> Path:
+    """Where an uploaded (or derived) dataset is stored in canonical npz form."""
+    return Path(root) / "datasets" / f"{dataset_id}.npz"
 
 
 class ArtifactStore:
@@ -54,7 +76,7 @@ class ArtifactStore:
         self.root = Path(root)
 
     def dataset_path(self, dataset_id: str) -> Path:
-        return self.root / "datasets" / f"{dataset_id}.npz"
+        return dataset_path(self.root, dataset_id)
 
     def job_dir(self, job_id: str) -> Path:
         if not JOB_ID.fullmatch(job_id):

@@ -39,9 +39,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from contracts.records import ACTIVE_STATES, TERMINAL_STATES
+
 DEFAULT_TENANT = "default"
-ACTIVE_STATES = ("queued", "running")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 class ActiveJobLimit(Exception):

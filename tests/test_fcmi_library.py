@@ -127,9 +127,11 @@ def test_units_carry_their_params_and_keep_their_cache_keys(tmp_path: Path) -> N
     units = FcmiRunner().plan(ctx)
     library = fcmi.plan(ctx.dataset, ctx.model_spec, infoscore.FcmiConfig(**ctx.params.model_dump(), seed=0))
     assert [u.name for u in units] == [u.name for u in library] == ["n10-s0", "n10-s1"]
+    reference = ctx.request.dataset
+    assert not isinstance(reference, str)  # a builtin here
     for unit, lib in zip(units, library, strict=True):
         old_layout = {
-            "dataset": ctx.request.dataset.model_dump(mode="json"),
+            "dataset": reference.model_dump(mode="json"),
             "n": 10,
             "supersample_seed": lib.supersample_seed,
             "selector_seeds": [0, 1, 2],
@@ -197,8 +199,8 @@ def test_a_unit_without_its_stored_params_fails_clearly_without_replanning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from contracts.jobs import parse_job_request
-    from workers.settings import WorkerSettings
     from workers.execution import Executor
+    from workers.settings import WorkerSettings
 
     sent: list[list[str]] = []
     settings = WorkerSettings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'jobs.db'}")

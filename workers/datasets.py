@@ -13,12 +13,7 @@ import numpy as np
 
 from infoscore import data as isdata
 from infoscore.data import Dataset
-
-
-def dataset_path(data_dir: Path, dataset_id: str) -> Path:
-    """Where the gateway stores an uploaded dataset in canonical npz form."""
-    return Path(data_dir) / "datasets" / f"{dataset_id}.npz"
-
+from store.artifacts import dataset_path
 
 _CACHE_SIZE = 4
 _cache: OrderedDict[str, Dataset] = OrderedDict()

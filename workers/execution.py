@@ -29,13 +29,18 @@ import numpy as np
 
 from contracts import tasks as names
 from contracts.jobs import FANOUT_KINDS, parse_job_request
+from contracts.jsonsafe import json_safe
 from contracts.problems import problem
+from contracts.records import TERMINAL_STATES
 from store.artifacts import ArtifactStore, atomic_copy, atomic_write_bytes
 from store.db import JobStore
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from workers.runners.base import JobContext, Runner, Unit
+
+if TYPE_CHECKING:
+    from workers.runners.base import JobContext, JobOutput
 
 log = logging.getLogger("infoscore.worker")
 
@@ -115,7 +120,7 @@ class Executor:
         self.name = worker_name()
 
     # ------------------------------------------------------------------ context
-    def _context(self, job: dict[str, Any], workdir: Path, hb: Heartbeat | None) -> Any:
+    def _context(self, job: dict[str, Any], workdir: Path, hb: Heartbeat | None) -> JobContext:
         from workers.datasets import load_dataset
         from workers.runners.base import JobContext
 
@@ -140,7 +145,7 @@ class Executor:
         if job is None:
             log.warning("job %s not found; dropping the message", job_id)
             return "missing"
-        if job["state"] in ("succeeded", "failed", "cancelled"):
+        if job["state"] in TERMINAL_STATES:
             return job["state"]
         if job["cancel_requested"]:
             self.store.finish(job_id, "cancelled")
@@ -234,7 +239,9 @@ class Executor:
         self.store.finish(job_id, "failed", error={**error, "instance": f"/v1/jobs/{job_id}"}, worker=owner)
 
     # ----------------------------------------------------------------- output
-    def _complete(self, job: dict[str, Any], ctx: Any, output: Any, owner: str | None = None) -> str:
+    def _complete(
+        self, job: dict[str, Any], ctx: JobContext, output: JobOutput, owner: str | None = None
+    ) -> str:
         job_id = job["id"]
         summary = dict(output.summary)
         ds = ctx.dataset
@@ -264,7 +271,8 @@ class Executor:
             else:
                 atomic_copy(Path(content), self.artifacts.artifact_path(job_id, name))
             written.append(name)
-        summary_bytes = json.dumps(summary, indent=2, default=_json_default).encode()
+        # json_safe: NaN/inf -> null and numpy -> Python, so the file is strict JSON.
+        summary_bytes = json.dumps(json_safe(summary), indent=2, allow_nan=False).encode()
         self.artifacts.write(job_id, "summary.json", summary_bytes)
         written.append("summary.json")
         # Round-trip through JSON so the stored summary is exactly the artifact's.
@@ -433,13 +441,3 @@ def per_sample_table(ds: Any, scores: Any, *, builtin: bool) -> Any:
     for col in scores.columns:
         table[col] = scores[col].to_numpy()
     return table
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -18,27 +18,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from contracts.jsonsafe import json_safe
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from contracts.jobs import JobRequest
     from infoscore.data import Dataset
 
 
 @dataclass
 class JobContext:
-    """Everything a runner may use. ``request`` is the validated contracts model."""
+    """Everything a runner may use. ``request`` is the validated contracts model (one
+    member of the ``contracts.jobs.JobRequest`` union; a runner narrows ``params`` to its
+    own kind's model)."""
 
     job_id: str
-    request: Any
+    request: JobRequest
     dataset: Dataset
     device: torch.device
     progress: Callable[[int, int], None]
@@ -91,9 +95,12 @@ class Unit:
 
 
 class Runner:
-    """Base class; subclasses set ``kind`` and implement ``run`` or the fan-out trio."""
+    """Base class; subclasses set ``kind`` (the ``KIND`` of their contracts module; the
+    registry in ``workers.runners`` is keyed by the same constants, and
+    tests/test_vocabulary.py checks that the two agree) and implement ``run`` or the
+    fan-out trio."""
 
-    kind: str = ""
+    kind: ClassVar[str] = ""
 
     def run(self, ctx: JobContext) -> JobOutput:
         raise NotImplementedError
@@ -116,12 +123,4 @@ class Runner:
         raise NotImplementedError
 
 
-def json_safe(value: Any) -> Any:
-    """NaN and ±inf -> None, recursively through dicts, lists and tuples (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
+__all__ = ["JobContext", "JobOutput", "Runner", "Unit", "json_safe"]
