@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import infoscore
+from contracts.distill import COMPLEXITY_KIND, DISTILLATION_KIND
 
 from .base import JobContext, JobOutput, Runner, json_safe
 
@@ -23,7 +24,7 @@ def _output(result: infoscore.SupervisionComplexityResult | infoscore.Distillati
 class SupervisionComplexityRunner(Runner):
     """Complexity of labels, random labels and teacher soft labels w.r.t. the student's NTK."""
 
-    kind = "supervision-complexity"
+    kind = COMPLEXITY_KIND
 
     def run(self, ctx: JobContext) -> JobOutput:
         config = infoscore.SupervisionComplexityConfig(**ctx.params.model_dump(), seed=ctx.seed)
@@ -41,7 +42,7 @@ class SupervisionComplexityRunner(Runner):
 class DistillationRunner(Runner):
     """Students trained with none / offline / online supervision over several seeds."""
 
-    kind = "distillation"
+    kind = DISTILLATION_KIND
 
     def run(self, ctx: JobContext) -> JobOutput:
         config = infoscore.DistillationConfig(**ctx.params.model_dump(), seed=ctx.seed)

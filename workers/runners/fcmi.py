@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from contracts.fcmi import KIND
 from infoscore import fcmi
 from infoscore.fcmi_config import FcmiConfig
 
@@ -32,7 +33,7 @@ def _output(result: fcmi.FcmiResult) -> JobOutput:
 class FcmiRunner(Runner):
     """plan -> len(n) * k1 units of k2 trainings; run_unit -> predictions; reduce -> bound vs gap."""
 
-    kind = "fcmi-bound"
+    kind = KIND
 
     def unit_scope(self, job_fingerprint: str) -> str:
         # Unit.params hold everything a unit's result depends on (the library's FcmiUnit

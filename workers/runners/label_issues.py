@@ -9,14 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import infoscore
-from contracts.label_issues import DECISIONS_ARTIFACT, SOURCE_ARTIFACT
+from contracts.label_issues import DECISIONS_ARTIFACT, KIND, SOURCE_ARTIFACT
 from infoscore.label_issues import source_npz
 
 from .base import JobContext, JobOutput, Runner, json_safe
 
 
 class LabelIssuesRunner(Runner):
-    kind = "label-issues"
+    kind = KIND
 
     def run(self, ctx: JobContext) -> JobOutput:
         config = infoscore.LabelIssuesConfig(**ctx.params.model_dump(), seed=ctx.seed)

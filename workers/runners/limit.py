@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import infoscore
-from contracts.limit import SCORE_COLUMNS
+from contracts.limit import KIND, SCORE_COLUMNS
 
 from .base import JobContext, JobOutput, Runner, json_safe
 
 
 class LimitRunner(Runner):
-    kind = "limit"
+    kind = KIND
 
     def run(self, ctx: JobContext) -> JobOutput:
         config = infoscore.LimitConfig(**ctx.params.model_dump(), seed=ctx.seed)
