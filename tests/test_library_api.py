@@ -13,6 +13,8 @@ import pytest
 
 import infoscore
 
+from .readme_snippets import readme_snippet
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------------------------------
@@ -169,25 +171,20 @@ def test_distill_best_mode_ranks_nan_last_and_breaks_ties_in_mode_order() -> Non
 @pytest.mark.usefixtures("one_torch_thread")
 def test_readme_snippet_supervision_complexity_and_distillation(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)
-    # --- README snippet (keep in sync with the README's library section) ---
-    import infoscore
-    from infoscore.data import load_digits
-
-    ds = load_digits(label_noise=0.2)
-    student, teacher = {"arch": "mlp", "hidden": [16]}, {"arch": "mlp", "hidden": [128]}
-    sc = infoscore.supervision_complexity(
-        ds, student, infoscore.SupervisionComplexityConfig(teacher=teacher, teacher_epochs=5, subsample=200)
-    )
-    for row in sc.rows:  # adjusted supervision complexity of each target for the student's NTK
-        print(row.target, row.temperature, round(row.adjusted, 3))
-    config = infoscore.DistillationConfig(
-        teacher=teacher, teacher_epochs=10, epochs=10, seeds=2, lr=1e-2, subsample=200, curve_epochs=[0, 10]
-    )
-    kd = infoscore.distillation(ds, student, config)  # none / offline / online students, 2 seeds each
-    print({mode: r["test_accuracy_mean"] for mode, r in kd.summary()["modes"].items()}, "best:", kd.best_mode)
-    Path("complexity.png").write_bytes(kd.figures()["complexity.png"])
-    # --- end of snippet ---
+    scope: dict[str, Any] = {}
+    exec(readme_snippet("supervision-complexity-and-distillation"), scope)  # the README's lines, verbatim
+    sc, kd = scope["sc"], scope["kd"]
     adjusted = {(r.target, r.temperature): r.adjusted for r in sc.rows}
     assert adjusted[("random_labels", None)] > adjusted[("labels", None)]
     assert set(kd.modes) == {"none", "offline", "online"}
     assert Path("complexity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_readme_snippet_is_run_by_a_test() -> None:
+    from .readme_snippets import snippet_names
+
+    names = snippet_names()
+    assert len(names) >= 3
+    sources = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("test_*.py"))
+    for name in names:
+        assert f'readme_snippet("{name}")' in sources, name

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from .readme_snippets import readme_snippet
+
 # ---------------------------------------------------------------- fcmi-bound
 
 
@@ -93,17 +95,9 @@ def test_fcmi_config_imports_without_torch() -> None:
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_readme_fcmi_bound_snippet() -> None:
-    # --- README: f-CMI bound (the lines below are the README's, verbatim)
-    import infoscore
-    from infoscore.data import load_digits
-
-    dataset = load_digits(label_noise=0.2)
-    config = infoscore.FcmiConfig(n=(50, 100), k1=2, k2=8, epochs=10, lr=1e-2, seed=0)
-    result = infoscore.fcmi_bound(dataset, {"arch": "mlp", "hidden": [64]}, config)
-    for row in result.summary()["results"]:  # gap and bound (0-1 loss), mean over supersamples
-        print(row["n"], round(row["gap_mean"], 3), round(row["bound_mean"], 3))
-    png = result.figures()["bound.png"]  # bound and gap vs n
-    # --- end of README lines
+    scope: dict[str, Any] = {}
+    exec(readme_snippet("fcmi-bound"), scope)  # the README's lines, verbatim
+    result, png = scope["result"], scope["png"]
     rows = result.summary()["results"]
     assert [r["n"] for r in rows] == [50, 100] and all(r["units"] == 2 * 8 for r in rows)
     assert all(0.0 <= r["bound_mean"] <= math.sqrt(2 * math.log(2)) + 1e-9 for r in rows)

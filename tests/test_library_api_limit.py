@@ -16,21 +16,9 @@ import pytest
 import infoscore
 from infoscore import InvalidInputError
 
+from .readme_snippets import readme_snippet
+
 # --------------------------------------------------------------------------- limit, label-issues
-
-LIMIT_AND_LABEL_ISSUES_SNIPPET = """
-import infoscore
-from infoscore.data import load_digits
-
-digits = load_digits(label_noise=0.2, seed=0)  # 20% of the training labels flipped
-mlp = {"arch": "mlp", "hidden": [128]}
-run = infoscore.limit(digits, mlp, infoscore.LimitConfig(epochs=60, lr=3e-3))
-print(run.summary()["test_accuracy"], run.fano_bound)  # LIMIT's test accuracy, Fano's r0
-print(run.table().nlargest(5, "label_noise_score"))  # the rows most likely mislabeled
-found = infoscore.label_issues(digits, mlp, infoscore.LabelIssuesConfig(epochs=60, lr=3e-3))
-print(found.summary()["n_issues"], found.summary()["flag_precision"])
-found.decisions().to_csv("decisions.csv", index=False)  # keep / drop / relabel per row
-"""
 
 
 def test_limit_and_label_issues_readme_snippet_runs(
@@ -38,7 +26,7 @@ def test_limit_and_label_issues_readme_snippet_runs(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     scope: dict[str, Any] = {}
-    exec(LIMIT_AND_LABEL_ISSUES_SNIPPET, scope)  # the README's lines, verbatim
+    exec(readme_snippet("limit-and-label-issues"), scope)  # the README's lines, verbatim
     run, found = scope["run"], scope["found"]
     assert isinstance(run, infoscore.LimitResult) and isinstance(found, infoscore.LabelIssuesResult)
     assert run.fano_bound == pytest.approx(0.2) and 0.5 < run.summary()["test_accuracy"] <= 1.0
