@@ -1,0 +1,512 @@
+"""The ``sample-information`` job as one library call: :func:`sample_information` on a dataset.
+
+The whole protocol of the job (docs/jobs/sample-information.md): build the seeded model,
+move it to its linearization point w₀ (``linearize_at``: the initialisation, after the
+training recipe, or a safetensors checkpoint), draw the m held-out inputs, compute SI and
+F-SI of every training sample (:func:`infoscore.sample_info.sample_information`, the
+tensor-level core), check them against real retraining on a seeded subset when asked
+(:mod:`infoscore.ground_truth`), and assemble the job's table and summary. The service's
+job runs exactly this call, so a notebook gets the job's numbers for the same seed::
+
+    import infoscore
+    from infoscore.data import load_digits
+    ds = load_digits(label_noise=0.2)
+    res = infoscore.sample_information(ds, {"arch": "mlp"}, infoscore.SampleInformationConfig(seed=0))
+    res.table().sort_values("rank_si_weights").head(), res.summary()["lam"]
+
+Importing this module (and so the configs) does not load torch: the call imports it.
+"""
+
+from __future__ import annotations
+
+import math
+import time as _time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
+
+from .errors import invalid
+from .training_dynamics_api import Optimizer, model_spec
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from .data import Dataset
+    from .progress import ProgressFn, StopFn
+    from .sample_info import SampleInformation
+
+# Strategy values. The same Literals as the job's contract (contracts.sample_information)
+# and the tensor-level core's tuples (sample_info.MEASURES, linearized.TIME_MODES, ...):
+# tests/test_library_api.py keeps the three in step. Spelled here so that the config
+# imports without torch.
+Measure = Literal["weights", "predictions", "weights_full", "weights_full_linearized"]
+Method = Literal["exact", "projected"]
+ProjectionKind = Literal["rademacher", "gaussian"]
+TimeMode = Literal["discrete", "continuous"]
+LooLambda = Literal["same", "rescaled"]
+GroundTruthReference = Literal["network", "linearized"]
+KernelMethod = Literal["auto", "structured", "jacobian"]
+ProjectionStructure = Literal["kronecker", "dense"]
+LinearizeAtName = Literal["init", "trained"]
+TRAIN_FIELDS = ("train_epochs", "train_lr", "train_batch_size", "train_optimizer")
+TOP = 10  # the summary's top<TOP>_<score> lists
+CALLER = "SampleInformationConfig"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_choice(name: str, value: object, choices: Any, caller: str = CALLER) -> None:
+    options = list(get_args(choices))
+    if value not in options:
+        raise invalid(name, caller, f"one of {options}", value)
+
+
+@dataclass(frozen=True)
+class GroundTruthConfig:
+    """Check the estimates on a seeded subset by actually retraining without each sample.
+
+    ``subset = 50`` samples (n + 1 retrainings would be the whole set; 50 give stable
+    Pearson/Spearman correlations at a fraction of the cost). ``reference``: ``network``
+    (default, the real question: the real network retrained by full-batch GD on the same
+    MSE loss for t steps; needs a finite t) or ``linearized`` (the linearized model refit
+    in weight space: checks the closed forms themselves).
+    """
+
+    subset: int = 50
+    reference: GroundTruthReference = "network"
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.subset) or self.subset < 1:
+            raise invalid("subset", "GroundTruthConfig", "an integer >= 1", self.subset)
+        _check_choice("reference", self.reference, GroundTruthReference, "GroundTruthConfig")
+
+
+@dataclass(frozen=True)
+class LinearizationCheckpoint:
+    """``linearize_at`` a safetensors checkpoint of the same model spec and dataset shape
+    (read with safetensors only, never unpickled). ``job`` and ``artifact`` name it in the
+    summary when it is an artifact of an earlier job; otherwise the summary gives ``path``."""
+
+    path: str | Path
+    job: str | None = None
+    artifact: str | None = None
+
+    def describe(self) -> dict[str, str]:
+        """What the summary's ``linearize_at`` records."""
+        if self.job is not None:
+            return {"job": self.job, "artifact": str(self.artifact)}
+        return {"path": str(self.path)}
+
+
+@dataclass(frozen=True)
+class SampleInformationConfig:
+    """Settings of :func:`sample_information`; the fields and defaults are the job's params
+    (``contracts.sample_information``), plus ``seed`` and two library-only strategies.
+    Conventions: ``lr`` and ``l2`` belong to the *mean* loss, η = lr/n and λ = n·l2.
+
+    Defaults and why (docs/jobs/sample-information.md, "Params, defaults and why"):
+
+    * ``t = None`` (t = ∞): the ridge solution; the only exact LOO whose cost does not scale
+      with n eigendecompositions (one Cholesky), and it needs no ``lr``.
+    * ``lr = 1e-3``: used at finite t only; small enough that η·s_max < 2 on the built-in
+      datasets with the default MLP.
+    * ``l2 = None`` (automatic): λ = ``l2_auto_scale``·tr(Θ)/(nk), scale-free; the official
+      λ' = 0 makes t = ∞ undefined or extremely ill-conditioned. ``l2_auto_scale = None``
+      means 1.0 for both methods: at that λ projected scores track exact ones (Spearman
+      0.966 at n = 1000, d = 2048; docs/benchmarks/sample-information.md).
+    * ``sigma = 1.0``: a global scale of the scores (ranks do not change).
+    * ``measures = ("weights", "predictions")``: SI and F-SI, both cheap given the LOO; the
+      full-covariance ones need a p x p (or d x d) eigendecomposition.
+    * ``method = "exact"``: exact for the linearized model, refused beyond nk = 20000;
+      ``projected`` (d = ``projection_dim = 2048``) for larger sets.
+    * ``projection = "rademacher"``: ±1/√d, cheapest to draw; ``gaussian`` is N(0, 1/d).
+    * ``time = "discrete"``: GD as trained; ``continuous`` is gradient flow.
+    * ``loo_lambda = "same"``: the LOO runs keep λ (the official convention); ``rescaled``
+      uses (n−1)·l2, what re-running the mean loss on n−1 samples literally does.
+    * ``eval_size = 1000``: m held-out inputs for F-SI, a seeded subset of the test split.
+    * ``ground_truth = None``: retraining is costly (subset + 1 trainings); opt in.
+    * ``weights_full_jitter = 1e-6``: relative ε of Σ + ε·(tr Σ/p)·I, as the other jitters
+      (the official absolute 1e-10 moved the median score 12x on a toy problem).
+    * ``delta_f = False``: the (n, m, k) float32 array can be large.
+    * ``linearize_at = "init"``: the paper's setting (the seeded initialisation);
+      ``"trained"`` first runs ``train_epochs = 30`` epochs of the training recipe
+      (``train_lr = 1e-3``, ``train_batch_size = 64``, ``train_optimizer = "adam"``, as the
+      training-dynamics job); a :class:`LinearizationCheckpoint` loads weights.
+    * ``seed = 0``: model initialisation, held-out subset, projection, ground-truth subset
+      and the training recipe's batch order.
+    * Library only (not on the wire): ``kernel_method = "auto"`` (the structured NTK from
+      per-layer factors where the model allows it, the J Jᵀ reference otherwise) and
+      ``projection_structure = "kronecker"`` (per-layer factored projection; ``dense``
+      projects per-sample Jacobian chunks).
+
+    Invalid values raise :class:`infoscore.InvalidInputError` naming the field.
+    """
+
+    t: int | None = None
+    lr: float = 1e-3
+    l2: float | None = None
+    l2_auto_scale: float | None = None
+    sigma: float = 1.0
+    measures: tuple[Measure, ...] = ("weights", "predictions")
+    method: Method = "exact"
+    projection_dim: int = 2048
+    projection: ProjectionKind = "rademacher"
+    time: TimeMode = "discrete"
+    loo_lambda: LooLambda = "same"
+    eval_size: int = 1000
+    ground_truth: GroundTruthConfig | None = None
+    weights_full_jitter: float = 1e-6
+    delta_f: bool = False
+    linearize_at: LinearizeAtName | LinearizationCheckpoint = "init"
+    train_epochs: int = 30
+    train_lr: float = 1e-3
+    train_batch_size: int = 64
+    train_optimizer: Optimizer = "adam"
+    seed: int = 0
+    kernel_method: KernelMethod = "auto"
+    projection_structure: ProjectionStructure = "kronecker"
+
+    def __post_init__(self) -> None:
+        if self.t is not None and (not _is_int(self.t) or self.t < 1):
+            raise invalid("t", CALLER, "a positive integer or None (infinity)", self.t)
+        for name in ("lr", "sigma", "weights_full_jitter", "train_lr"):
+            value = getattr(self, name)
+            if not (_is_real(value) and value > 0):
+                raise invalid(name, CALLER, "a float in (0, inf)", value)
+        if self.l2 is not None and not (_is_real(self.l2) and self.l2 >= 0):
+            raise invalid("l2", CALLER, "a float in [0, inf) or None (automatic)", self.l2)
+        if self.l2_auto_scale is not None and not (_is_real(self.l2_auto_scale) and self.l2_auto_scale > 0):
+            raise invalid("l2_auto_scale", CALLER, "a float in (0, inf) or None (1.0)", self.l2_auto_scale)
+        measures = self.measures
+        if isinstance(measures, str) or not isinstance(measures, list | tuple) or not measures:
+            raise invalid(
+                "measures", CALLER, f"a non-empty sequence drawn from {list(get_args(Measure))}", measures
+            )
+        for measure in measures:
+            _check_choice("measures", measure, Measure)
+        object.__setattr__(self, "measures", tuple(measures))  # a list is accepted, a tuple kept
+        for name in ("projection_dim", "eval_size", "train_epochs", "train_batch_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise invalid(name, CALLER, "an integer >= 1", value)
+        _check_choice("method", self.method, Method)
+        _check_choice("projection", self.projection, ProjectionKind)
+        _check_choice("time", self.time, TimeMode)
+        _check_choice("loo_lambda", self.loo_lambda, LooLambda)
+        _check_choice("train_optimizer", self.train_optimizer, Optimizer)
+        _check_choice("kernel_method", self.kernel_method, KernelMethod)
+        _check_choice("projection_structure", self.projection_structure, ProjectionStructure)
+        if self.ground_truth is not None and not isinstance(self.ground_truth, GroundTruthConfig):
+            raise invalid("ground_truth", CALLER, "a GroundTruthConfig or None", self.ground_truth)
+        if not isinstance(self.delta_f, bool):
+            raise invalid("delta_f", CALLER, "a bool", self.delta_f)
+        if not (
+            isinstance(self.linearize_at, LinearizationCheckpoint)
+            or self.linearize_at in get_args(LinearizeAtName)
+        ):
+            raise invalid(
+                "linearize_at", CALLER, "'init', 'trained' or a LinearizationCheckpoint", self.linearize_at
+            )
+        if not _is_int(self.seed):
+            raise invalid("seed", CALLER, "an integer", self.seed)
+        if self.ground_truth is not None and self.ground_truth.reference == "network" and self.t is None:
+            raise invalid(
+                "t", CALLER,
+                "a finite number of GD steps when ground_truth.reference is 'network' (it retrains the "
+                "real network for t steps)", None,
+            )  # fmt: skip
+        defaults = {f.name: f.default for f in fields(self)}
+        given = [name for name in TRAIN_FIELDS if getattr(self, name) != defaults[name]]
+        if given and self.linearize_at != "trained":
+            raise invalid(
+                given[0],
+                CALLER,
+                "left at its default unless linearize_at is 'trained'",
+                getattr(self, given[0]),
+            )
+
+
+def informative_rank(scores: np.ndarray) -> np.ndarray:
+    """(n,) scores -> (n,) int64 ranks, 1 = most informative (largest score); ties keep sample order."""
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(scores.size, dtype=np.int64)
+    ranks[order] = np.arange(1, scores.size + 1)
+    return ranks
+
+
+@dataclass
+class SampleInformationResult:
+    """What :func:`sample_information` found.
+
+    estimate: the tensor-level result (scores (n,) in nats, delta_f, the linearized
+    model's accuracies, ``info``: p, d, λ, jitter, timings, ...). linearization_point: where
+    w₀ was (``linearize_at`` as the summary records it; with ``"trained"`` also
+    ``train_epochs``, ``trained_loss``, ``trained_accuracy``; with a checkpoint
+    ``checkpoint_tensors``). eval_indices: the test-split rows of the m held-out inputs
+    (None without a test split). ground_truth: the correlation report of
+    :func:`infoscore.ground_truth.compare` plus ``reference`` and ``indices``, when asked.
+    linearization_seconds / ground_truth_seconds / seconds: wall times of moving to w₀, of
+    the ground truth, and of the whole call.
+    """
+
+    estimate: SampleInformation
+    config: SampleInformationConfig
+    n: int
+    k: int
+    linearization_point: dict[str, Any]
+    eval_indices: np.ndarray | None
+    ground_truth: dict[str, Any] | None = None
+    linearization_seconds: float = 0.0
+    ground_truth_seconds: float | None = None
+    seconds: float = math.nan
+    delta_f_file: str = field(default="delta_f.npz")
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Per-sample columns: the requested scores (``si_weights`` only when ``weights`` was
+        asked for, not when ground truth alone needed it), then ``rank_si_weights`` and
+        ``rank_si_predictions`` (1 = most informative)."""
+        columns = {
+            name: values
+            for name, values in self.estimate.columns().items()
+            if name != "si_weights" or "weights" in self.config.measures
+        }
+        for name in ("si_weights", "si_predictions"):
+            if name in columns:
+                columns[f"rank_{name}"] = informative_rank(columns[name])
+        return columns
+
+    def table(self) -> pd.DataFrame:
+        """The job's per-sample table, one row per training sample in dataset order."""
+        import pandas as pd
+
+        return pd.DataFrame(self.columns())
+
+    def figures(self) -> dict[str, bytes]:
+        """PNG files of the job: none (the job page draws its charts from the table)."""
+        return {}
+
+    def write_files(self, directory: str | Path) -> dict[str, Path]:
+        """Write the job's array artifacts into ``directory``: ``delta_f.npz`` (one float32
+        array ``delta_f``, (n, m, k)) when it was asked for. Returns name -> path."""
+        if self.estimate.delta_f is None:
+            return {}
+        path = Path(directory) / self.delta_f_file
+        np.savez(path, delta_f=self.estimate.delta_f)
+        return {self.delta_f_file: path}
+
+    def summary(self) -> dict[str, Any]:
+        """The job's summary (keys in docs/jobs/sample-information.md, "Outputs"). JSON-able
+        except NaN/inf (e.g. ``test_accuracy`` without held-out labels, ``cond_A``)."""
+        cfg, est, info = self.config, self.estimate, self.estimate.info
+        summary: dict[str, Any] = {
+            "train_accuracy": est.train_accuracy,
+            "test_accuracy": est.test_accuracy,
+            "n": self.n,
+            "k": self.k,
+            "p": info["p"],
+            "t": cfg.t,
+            "l2": info["l2"],
+            "method": cfg.method,
+            "seconds": self.seconds,
+            "d": info["d"],
+            "m": info["m"],
+            "lam": info["lam"],
+            "lam_loo": info["lam_loo"],
+            "l2_auto": info["l2_auto"],
+            "l2_auto_scale": info["l2_auto_scale"] if info["l2_auto"] else None,
+            "lr": cfg.lr,
+            "eta": info["eta"],
+            "time": cfg.time,
+            "loo_lambda": cfg.loo_lambda,
+            "sigma": cfg.sigma,
+            "jitter": info["jitter"],
+            "jitter_eps": info["jitter_eps"],
+            "cond_A": info["cond_A"],
+            "units": "nats",
+            "timings": dict(info["timings"]),
+            **self.linearization_point,
+        }
+        if self.linearization_seconds > 0.01:
+            summary["timings"]["linearization_point_s"] = self.linearization_seconds
+        for key in ("finite_t_route", "weights_full_jitter", "weights_full_space"):
+            if key in info:
+                summary[key] = info[key]
+        if est.delta_f is not None:
+            summary["delta_f"] = {
+                "artifact": self.delta_f_file,
+                "array": "delta_f",
+                "shape": list(est.delta_f.shape),
+                "dtype": "float32",
+                "meaning": "f_w(x') - f_{w_-i}(x'): axis 0 training sample i (upload order), axis 1 the m "
+                "held-out inputs (eval_indices), axis 2 the k outputs",
+                "eval_indices": [] if self.eval_indices is None else [int(r) for r in self.eval_indices],
+            }
+        columns = self.columns()
+        for name in columns:
+            if not name.startswith("rank_"):
+                summary[f"top{TOP}_{name}"] = [
+                    int(i) for i in np.argsort(-columns[name], kind="stable")[:TOP]
+                ]
+        if self.ground_truth is not None:
+            summary["ground_truth"] = dict(self.ground_truth)
+            summary["timings"]["ground_truth_s"] = self.ground_truth_seconds
+        return summary
+
+
+def sample_information(
+    dataset: Dataset,
+    model: Mapping[str, Any] | None = None,
+    config: SampleInformationConfig = SampleInformationConfig(),
+    *,
+    device: torch.device | str = "cpu",
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> SampleInformationResult:
+    """SI and F-SI of every training sample of ``dataset`` for the seeded ``model`` (a
+    :func:`infoscore.models.build_model` spec; None = the default MLP) linearized at
+    ``config.linearize_at``.
+
+    The m = min(``eval_size``, n_test) held-out inputs are a seeded subset of the test
+    split; a dataset without one cannot give ``predictions`` or ``delta_f`` (refused before
+    any work). ``progress(done, total)`` counts the training epochs (``"trained"``), the
+    stages of the estimate and the ground-truth retrainings; ``should_stop()`` is checked
+    throughout and raises ``Cancelled``.
+    """
+    caller = "sample_information"
+    if not isinstance(config, SampleInformationConfig):
+        raise invalid("config", caller, "a SampleInformationConfig", type(config).__name__)
+    spec = model_spec(model, caller)
+    started = _time.perf_counter()
+    ds = dataset
+    n, k = ds.n_train, ds.n_classes
+    measures = list(dict.fromkeys(config.measures))
+    if config.ground_truth is not None and "weights" not in measures:
+        measures.insert(0, "weights")  # the ground truth correlates si_weights
+    eval_rows: np.ndarray | None = None
+    if ds.n_test > 0:
+        m = min(int(config.eval_size), ds.n_test)
+        eval_rows = np.sort(np.random.default_rng(config.seed).choice(ds.n_test, size=m, replace=False))
+    elif "predictions" in measures or config.delta_f:
+        raise invalid(
+            "measures", "sample-information",
+            "without 'predictions' or delta_f when the dataset has no test split", measures,
+        )  # fmt: skip
+
+    import torch
+
+    from . import ground_truth as gt
+    from .models import build_model
+    from .progress import no_progress
+    from .sample_info import load_checkpoint, train_linearization_point
+    from .sample_info import sample_information as estimate_sample_information
+    from .training import as_tensor
+
+    report = progress if progress is not None else no_progress
+    dev = torch.device(device)
+    net = build_model(spec, ds.input_shape, k, seed=config.seed).to(dev)
+    x = as_tensor(ds.x_train, dev)
+    y = torch.as_tensor(ds.y_train, dtype=torch.long, device=dev)
+    x_eval = y_eval = None
+    if eval_rows is not None:
+        x_eval = as_tensor(ds.x_test[eval_rows], dev)
+        y_eval = torch.as_tensor(ds.y_test[eval_rows], dtype=torch.long, device=dev)
+
+    # Progress units: training epochs, then the estimate's stages, then subset + 1 retrainings.
+    gt_units = 0 if config.ground_truth is None else min(config.ground_truth.subset, n) + 1
+    pre_units = config.train_epochs if config.linearize_at == "trained" else 0
+    si_total = [1]
+
+    def si_progress(done: int, total: int) -> None:
+        si_total[0] = total
+        report(pre_units + done, pre_units + total + gt_units)
+
+    point: dict[str, Any] = {"linearize_at": config.linearize_at}
+    tic = _time.perf_counter()
+    if config.linearize_at == "trained":
+        point.update(
+            train_linearization_point(
+                net, x, y, epochs=config.train_epochs, lr=config.train_lr,
+                batch_size=config.train_batch_size, optimizer=config.train_optimizer, seed=config.seed,
+                progress=lambda done, _total: report(done, pre_units + n + gt_units),
+                should_stop=should_stop,
+            )
+        )  # fmt: skip
+    elif isinstance(config.linearize_at, LinearizationCheckpoint):
+        point.update(load_checkpoint(net, config.linearize_at.path))
+        point["linearize_at"] = config.linearize_at.describe()
+    linearization_seconds = _time.perf_counter() - tic
+
+    est = estimate_sample_information(
+        net,
+        x,
+        y,
+        k=k,
+        x_eval=x_eval,
+        y_eval=y_eval,
+        t=config.t,
+        lr=config.lr,
+        l2=config.l2,
+        l2_auto_scale=config.l2_auto_scale,
+        sigma=config.sigma,
+        measures=measures,
+        method=config.method,
+        projection_dim=config.projection_dim,
+        projection=config.projection,
+        time=config.time,
+        loo_lambda=config.loo_lambda,
+        seed=config.seed,
+        weights_full_jitter=config.weights_full_jitter,
+        delta_f=config.delta_f,
+        progress=si_progress,
+        should_stop=should_stop,
+        kernel_method=config.kernel_method,
+        projection_structure=config.projection_structure,
+    )
+    result = SampleInformationResult(
+        estimate=est,
+        config=config,
+        n=n,
+        k=k,
+        linearization_point=point,
+        eval_indices=eval_rows,
+        linearization_seconds=linearization_seconds,
+    )
+    if config.ground_truth is not None:
+        tic = _time.perf_counter()
+        offset = pre_units + si_total[0]
+        indices = gt.choose_subset(n, config.ground_truth.subset, config.seed)
+        kwargs: dict[str, Any] = {
+            "k": k,
+            "indices": indices,
+            "t": config.t,
+            "lr": config.lr,
+            "l2": est.info["l2"],
+            "loo_lambda": config.loo_lambda,
+            "x_eval": x_eval if "predictions" in measures else None,
+            "progress": lambda done, total: report(offset + done, offset + total + 1),
+            "should_stop": should_stop,
+        }
+        if config.ground_truth.reference == "network":
+            actual = gt.network_loo(net, x, y, **kwargs)
+        else:
+            actual = gt.linearized_loo(net, x, y, **kwargs)
+        assert est.si_weights is not None
+        ground_truth: dict[str, Any] = dict(gt.compare(est.si_weights, actual, est.si_predictions))
+        ground_truth["reference"] = config.ground_truth.reference
+        ground_truth["indices"] = [int(i) for i in indices]
+        result.ground_truth = ground_truth
+        result.ground_truth_seconds = _time.perf_counter() - tic
+    final = pre_units + si_total[0] + gt_units
+    report(final, final)
+    result.seconds = _time.perf_counter() - started
+    return result
