@@ -1,0 +1,352 @@
+"""The library calls of the job kinds (``infoscore.<kind>(dataset, model, config)``): configs
+whose defaults are the contracts', results equal to what the jobs produce, README snippets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import infoscore
+from infoscore.errors import Cancelled, InvalidInputError
+from tests.runner_helpers import make_context
+from workers.runners import get_runner
+
+# --- training-dynamics and sample-information ------------------------------------------------
+
+
+def test_training_dynamics_config_defaults_equal_the_contract() -> None:
+    from contracts.training_dynamics import TrainingDynamicsParams
+
+    params, config = TrainingDynamicsParams(), infoscore.TrainingDynamicsConfig()
+    names = [f.name for f in dataclasses.fields(config)]
+    assert names == [*TrainingDynamicsParams.model_fields, "seed"]
+    for name in TrainingDynamicsParams.model_fields:
+        assert getattr(config, name) == getattr(params, name), name
+    assert config.seed == 0
+    # el2n_epoch's default follows epochs in both.
+    for epochs in (1, 3, 5, 40):
+        assert (
+            infoscore.TrainingDynamicsConfig(epochs=epochs).el2n_epoch
+            == TrainingDynamicsParams.model_validate({"epochs": epochs}).el2n_epoch
+        )
+
+
+def test_sample_information_config_defaults_equal_the_contract() -> None:
+    from contracts.sample_information import GroundTruth, SampleInformationParams
+
+    params, config = SampleInformationParams(), infoscore.SampleInformationConfig()
+    names = [f.name for f in dataclasses.fields(config)]
+    library_only = ["seed", "kernel_method", "projection_structure"]
+    assert names == [*SampleInformationParams.model_fields, *library_only]
+    for name in SampleInformationParams.model_fields:
+        want = getattr(params, name)
+        got = getattr(config, name)
+        assert (list(got) if name == "measures" else got) == want, name
+    gt_params, gt_config = GroundTruth(), infoscore.GroundTruthConfig()
+    assert [f.name for f in dataclasses.fields(gt_config)] == list(GroundTruth.model_fields)
+    assert dataclasses.asdict(gt_config) == gt_params.model_dump()
+    # The library-only strategies default to the tensor-level core's defaults.
+    from infoscore import sample_info
+
+    core = sample_info.sample_information.__kwdefaults__
+    assert core is not None
+    assert (config.seed, config.kernel_method, config.projection_structure) == (
+        core["seed"],
+        core["kernel_method"],
+        core["projection_structure"],
+    )
+
+
+def test_sample_information_literals_match_the_contract_and_the_core() -> None:
+    from contracts import common
+    from contracts import sample_information as c
+    from infoscore import linearized, ntk, projection, sample_info, training
+    from infoscore import sample_information_api as api
+
+    pairs = [
+        (api.Measure, c.Measure, sample_info.MEASURES),
+        (api.Method, c.Method, sample_info.METHODS),
+        (api.ProjectionKind, c.ProjectionKind, projection.PROJECTION_KINDS),
+        (api.TimeMode, c.TimeMode, linearized.TIME_MODES),
+        (api.LooLambda, c.LooLambda, linearized.LOO_LAMBDAS),
+        (api.GroundTruthReference, c.GroundTruthReference, None),
+        (api.LinearizeAtName, c.LinearizeAtName, None),
+        (api.Optimizer, common.Optimizer, training.OPTIMIZERS),
+        (api.KernelMethod, ntk.KernelMethod, ntk.KERNEL_METHODS),
+        (api.ProjectionStructure, projection.ProjectionStructure, projection.PROJECTION_STRUCTURES),
+    ]
+    for ours, theirs, core in pairs:
+        assert get_args(ours) == get_args(theirs)
+        if core is not None:
+            assert set(get_args(ours)) == set(core)
+
+
+def test_configs_import_without_torch() -> None:
+    code = (
+        "import sys, infoscore\n"
+        "infoscore.TrainingDynamicsConfig(epochs=3); infoscore.SampleInformationConfig(t=5)\n"
+        "infoscore.GroundTruthConfig(); infoscore.LinearizationCheckpoint('w.safetensors')\n"
+        "assert 'torch' not in sys.modules, 'torch loaded'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": 2.0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"lr": math.nan}, "lr"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"epochs": 3, "el2n_epoch": 4}, "el2n_epoch"),
+        ({"el2n_epoch": -1}, "el2n_epoch"),
+        ({"seed": "0"}, "seed"),
+    ],
+)
+def test_training_dynamics_config_rejects_bad_values_naming_the_field(
+    kwargs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=f"^The '{field}' parameter of TrainingDynamicsConfig") as err:
+        infoscore.TrainingDynamicsConfig(**kwargs)
+    assert err.value.param == field
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"t": 0}, "t"),
+        ({"lr": -1.0}, "lr"),
+        ({"l2": -0.1}, "l2"),
+        ({"l2_auto_scale": 0.0}, "l2_auto_scale"),
+        ({"sigma": math.inf}, "sigma"),
+        ({"measures": ()}, "measures"),
+        ({"measures": "weights"}, "measures"),
+        ({"measures": ["weights", "loss"]}, "measures"),
+        ({"method": "approximate"}, "method"),
+        ({"projection_dim": 0}, "projection_dim"),
+        ({"projection": "sparse"}, "projection"),
+        ({"time": "stochastic"}, "time"),
+        ({"loo_lambda": "n"}, "loo_lambda"),
+        ({"eval_size": 0}, "eval_size"),
+        ({"ground_truth": {"subset": 5}}, "ground_truth"),
+        ({"weights_full_jitter": 0.0}, "weights_full_jitter"),
+        ({"delta_f": 1}, "delta_f"),
+        ({"linearize_at": "checkpoint"}, "linearize_at"),
+        ({"linearize_at": "trained", "train_epochs": 0}, "train_epochs"),
+        ({"linearize_at": "trained", "train_optimizer": "lbfgs"}, "train_optimizer"),
+        ({"train_epochs": 5}, "train_epochs"),  # training fields only with linearize_at 'trained'
+        ({"ground_truth": infoscore.GroundTruthConfig()}, "t"),  # the network reference needs finite t
+        ({"kernel_method": "fast"}, "kernel_method"),
+        ({"projection_structure": "sparse"}, "projection_structure"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
+def test_sample_information_config_rejects_bad_values_naming_the_field(
+    kwargs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(
+        InvalidInputError, match=f"^The '{field}' parameter of SampleInformationConfig"
+    ) as err:
+        infoscore.SampleInformationConfig(**kwargs)
+    assert err.value.param == field
+
+
+def test_ground_truth_config_rejects_bad_values_naming_the_field() -> None:
+    with pytest.raises(InvalidInputError, match="'reference' parameter of GroundTruthConfig"):
+        infoscore.GroundTruthConfig(reference="exact")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="'subset' parameter of GroundTruthConfig"):
+        infoscore.GroundTruthConfig(subset=0)
+
+
+def test_sample_information_config_accepts_a_list_of_measures() -> None:
+    config = infoscore.SampleInformationConfig(measures=["predictions"])  # type: ignore[arg-type]
+    assert config.measures == ("predictions",)
+    assert hash(config) == hash(infoscore.SampleInformationConfig(measures=("predictions",)))
+
+
+def _without_seconds(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k not in ("seconds", "timings")}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_training_dynamics_library_call_equals_the_job(tmp_path: Path) -> None:
+    from workers.runners.base import json_safe
+
+    request = {
+        "kind": "training-dynamics",
+        "dataset": {
+            "builtin": "gaussians",
+            "n": 80,
+            "dim": 5,
+            "classes": 3,
+            "n_test": 20,
+            "label_noise": 0.2,
+        },
+        "model": {"arch": "mlp", "hidden": [16]},
+        "seed": 4,
+        "params": {"epochs": 4, "batch_size": 16, "lr": 0.01},
+    }
+    ctx = make_context(request, tmp_path)
+    job = get_runner("training-dynamics").run(ctx)
+    progress: list[tuple[int, int]] = []
+    result = infoscore.training_dynamics(
+        ctx.dataset,
+        {"arch": "mlp", "hidden": [16]},
+        infoscore.TrainingDynamicsConfig(epochs=4, batch_size=16, lr=0.01, seed=4),
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    assert job.scores is not None
+    pd.testing.assert_frame_equal(result.table(), job.scores, check_exact=True)
+    summary = result.summary()
+    # The job records the model spec with its defaults spelled out; same values otherwise.
+    assert summary["settings"].pop("model") == {"arch": "mlp", "hidden": [16]}
+    assert job.summary["settings"].pop("model")["hidden"] == [16]
+    assert _without_seconds(json_safe(summary)) == _without_seconds(job.summary)
+    assert "auroc_noisy" in summary and summary["seconds"] > 0
+    assert progress == [(e, 4) for e in range(1, 5)]
+    assert result.figures() == {}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_training_dynamics_library_defaults_and_cancel() -> None:
+    from infoscore.data import make_gaussians
+
+    ds = make_gaussians(n=30, dim=4, classes=2, n_test=0, seed=1)
+    result = infoscore.training_dynamics(ds, config=infoscore.TrainingDynamicsConfig(epochs=1))
+    summary = result.summary()
+    assert summary["settings"]["model"] == {
+        "arch": "mlp",
+        "hidden": [256],
+        "activation": "relu",
+        "batchnorm": False,
+        "dropout": 0.0,
+    }
+    assert summary["test_accuracy"] is None and "auroc_noisy" not in summary
+    assert summary["settings"]["el2n_epoch"] == 1
+    with pytest.raises(Cancelled):
+        infoscore.training_dynamics(ds, should_stop=lambda: True)
+    with pytest.raises(InvalidInputError, match="'config' parameter of training_dynamics"):
+        infoscore.training_dynamics(ds, None, {"epochs": 1})  # type: ignore[arg-type]
+
+
+def _si_request(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": "sample-information",
+        "dataset": {"builtin": "gaussians", "n": 40, "dim": 6, "classes": 3, "n_test": 12, "seed": 1},
+        "model": {"arch": "mlp", "hidden": [8]},
+        "seed": 3,
+        "params": params,
+    }
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_sample_information_library_call_equals_the_job(tmp_path: Path) -> None:
+    from workers.runners.base import json_safe
+
+    params = {
+        "linearize_at": "trained",
+        "train_epochs": 2,
+        "t": 15,
+        "lr": 0.5,
+        "l2": 1e-2,
+        "measures": ["predictions"],
+        "ground_truth": {"subset": 5, "reference": "linearized"},
+        "delta_f": True,
+        "eval_size": 7,
+    }
+    ctx = make_context(_si_request(params), tmp_path / "job")
+    job = get_runner("sample-information").run(ctx)
+    config = infoscore.SampleInformationConfig(
+        linearize_at="trained",
+        train_epochs=2,
+        t=15,
+        lr=0.5,
+        l2=1e-2,
+        measures=("predictions",),
+        ground_truth=infoscore.GroundTruthConfig(subset=5, reference="linearized"),
+        delta_f=True,
+        eval_size=7,
+        seed=3,
+    )
+    progress: list[tuple[int, int]] = []
+    result = infoscore.sample_information(
+        ctx.dataset,
+        {"arch": "mlp", "hidden": [8]},
+        config,
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    assert job.scores is not None
+    table = result.table()
+    pd.testing.assert_frame_equal(table, job.scores, check_exact=True)
+    # ground truth alone needed si_weights: computed, but not a column
+    assert list(table.columns) == ["si_predictions", "rank_si_predictions"]
+    summary = json_safe(result.summary())
+    assert _without_seconds(summary) == _without_seconds(job.summary)
+    assert set(summary["timings"]) >= {"kernel_s", "loo_s", "ground_truth_s"}
+    assert summary["ground_truth"]["reference"] == "linearized" and summary["train_epochs"] == 2
+    assert progress[-1][0] == progress[-1][1] == ctx.progress_log[-1][1]  # type: ignore[attr-defined]
+    assert [p[0] for p in progress] == sorted(p[0] for p in progress)  # never goes back
+    files = result.write_files(tmp_path)
+    with np.load(files["delta_f.npz"], allow_pickle=False) as z, np.load(job.files["delta_f.npz"]) as j:
+        np.testing.assert_array_equal(z["delta_f"], j["delta_f"])
+        assert z["delta_f"].shape == (40, 7, 3)
+    assert result.eval_indices is not None and summary["delta_f"]["eval_indices"] == list(result.eval_indices)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_sample_information_library_checkpoint_and_refusals(tmp_path: Path) -> None:
+    from infoscore import models
+    from infoscore.data import make_gaussians
+
+    ds = make_gaussians(n=30, dim=5, classes=3, n_test=0, seed=2)
+    spec = {"arch": "linear"}
+    path = tmp_path / "w.safetensors"
+    models.save_safetensors(models.build_model(spec, ds.input_shape, 3, seed=9), str(path))
+    config = infoscore.SampleInformationConfig(
+        measures=("weights",), l2=0.1, linearize_at=infoscore.LinearizationCheckpoint(path), seed=0
+    )
+    result = infoscore.sample_information(ds, spec, config)
+    summary = result.summary()
+    assert summary["linearize_at"] == {"path": str(path)} and summary["checkpoint_tensors"] == 2
+    assert summary["m"] == 0 and math.isnan(summary["test_accuracy"]) and result.eval_indices is None
+    # the scores are those of the checkpoint's weights, not of the seed's initialisation
+    at_init = infoscore.sample_information(ds, spec, dataclasses.replace(config, linearize_at="init"))
+    assert not np.allclose(result.table()["si_weights"], at_init.table()["si_weights"])
+    # No test split: predictions are refused before any work, naming the field.
+    with pytest.raises(InvalidInputError, match="'measures'") as err:
+        infoscore.sample_information(ds, spec, infoscore.SampleInformationConfig())
+    assert err.value.param == "measures"
+    with pytest.raises(Cancelled):
+        infoscore.sample_information(ds, spec, config, should_stop=lambda: True)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_readme_snippet_training_dynamics_and_sample_information() -> None:
+    """The README's lines for these two kinds, as written there (CPU, a few seconds)."""
+    import infoscore
+    from infoscore.data import load_digits
+
+    ds = load_digits(label_noise=0.2)  # 20% of the training labels flipped
+    td = infoscore.training_dynamics(ds, {"arch": "mlp"}, infoscore.TrainingDynamicsConfig(seed=0))
+    print(td.summary()["auroc_noisy"])  # per score: AUROC for flagging the flipped labels
+    config = infoscore.SampleInformationConfig(method="projected", projection_dim=512, seed=0)
+    si = infoscore.sample_information(ds, {"arch": "mlp", "hidden": [64]}, config)
+    print(si.table().sort_values("rank_si_predictions").head())  # the most informative samples
+
+    from infoscore.scores import auroc
+
+    assert ds.noisy_mask is not None
+    assert td.summary()["auroc_noisy"]["el2n"] > 0.95
+    assert auroc(si.table()["si_predictions"].to_numpy(), ds.noisy_mask) > 0.9
+    assert len(si.table()) == ds.n_train and si.summary()["d"] == 512
