@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time as _time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -54,6 +54,7 @@ ProjectionStructure = Literal["kronecker", "dense"]
 LinearizeAtName = Literal["init", "trained"]
 TRAIN_FIELDS = ("train_epochs", "train_lr", "train_batch_size", "train_optimizer")
 TOP = 10  # the summary's top<TOP>_<score> lists
+DELTA_F_ARTIFACT = "delta_f.npz"
 CALLER = "SampleInformationConfig"
 
 
@@ -75,11 +76,12 @@ def _check_choice(name: str, value: object, choices: Any, caller: str = CALLER) 
 class GroundTruthConfig:
     """Check the estimates on a seeded subset by actually retraining without each sample.
 
-    ``subset = 50`` samples (n + 1 retrainings would be the whole set; 50 give stable
-    Pearson/Spearman correlations at a fraction of the cost). ``reference``: ``network``
-    (default, the real question: the real network retrained by full-batch GD on the same
-    MSE loss for t steps; needs a finite t) or ``linearized`` (the linearized model refit
-    in weight space: checks the closed forms themselves).
+    ``subset = 50`` samples: the cost is (subset + 1)·t full-batch steps, so a subset
+    rather than all n; 50 points give a Pearson/Spearman correlation worth reading.
+    ``reference``: ``network`` (default: what the estimate is about, the real network
+    retrained by full-batch GD on the same MSE loss for t steps; needs a finite t) or
+    ``linearized`` (the linearized model refit in weight space: checks the closed forms
+    themselves, correlations ≈ 1). docs/jobs/sample-information.md, "Ground truth".
     """
 
     subset: int = 50
@@ -118,8 +120,8 @@ class SampleInformationConfig:
 
     * ``t = None`` (t = ∞): the ridge solution; the only exact LOO whose cost does not scale
       with n eigendecompositions (one Cholesky), and it needs no ``lr``.
-    * ``lr = 1e-3``: used at finite t only; small enough that η·s_max < 2 on the built-in
-      datasets with the default MLP.
+    * ``lr = 1e-3``: only used at finite t (the default t = ∞ does not depend on it); a
+      step with η·s_max(A) ≥ 2 diverges and is refused naming ``lr``.
     * ``l2 = None`` (automatic): λ = ``l2_auto_scale``·tr(Θ)/(nk), scale-free; the official
       λ' = 0 makes t = ∞ undefined or extremely ill-conditioned. ``l2_auto_scale = None``
       means 1.0 for both methods: at that λ projected scores track exact ones (Spearman
@@ -269,7 +271,6 @@ class SampleInformationResult:
     linearization_seconds: float = 0.0
     ground_truth_seconds: float | None = None
     seconds: float = math.nan
-    delta_f_file: str = field(default="delta_f.npz")
 
     def columns(self) -> dict[str, np.ndarray]:
         """Per-sample columns: the requested scores (``si_weights`` only when ``weights`` was
@@ -300,9 +301,9 @@ class SampleInformationResult:
         array ``delta_f``, (n, m, k)) when it was asked for. Returns name -> path."""
         if self.estimate.delta_f is None:
             return {}
-        path = Path(directory) / self.delta_f_file
+        path = Path(directory) / DELTA_F_ARTIFACT
         np.savez(path, delta_f=self.estimate.delta_f)
-        return {self.delta_f_file: path}
+        return {DELTA_F_ARTIFACT: path}
 
     def summary(self) -> dict[str, Any]:
         """The job's summary (keys in docs/jobs/sample-information.md, "Outputs"). JSON-able
@@ -343,7 +344,7 @@ class SampleInformationResult:
                 summary[key] = info[key]
         if est.delta_f is not None:
             summary["delta_f"] = {
-                "artifact": self.delta_f_file,
+                "artifact": DELTA_F_ARTIFACT,
                 "array": "delta_f",
                 "shape": list(est.delta_f.shape),
                 "dtype": "float32",
