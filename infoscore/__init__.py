@@ -14,14 +14,14 @@ if TYPE_CHECKING:
     from .label_issues import LabelIssues as LabelIssues
     from .label_issues import LabelIssuesConfig as LabelIssuesConfig
     from .label_issues import find_label_issues as find_label_issues
-    from .sample_information_api import GroundTruthConfig as GroundTruthConfig
-    from .sample_information_api import LinearizationCheckpoint as LinearizationCheckpoint
-    from .sample_information_api import SampleInformationConfig as SampleInformationConfig
-    from .sample_information_api import SampleInformationResult as SampleInformationResult
-    from .sample_information_api import sample_information as sample_information
+    from .sample_information_config import GroundTruthConfig as GroundTruthConfig
+    from .sample_information_config import LinearizationCheckpoint as LinearizationCheckpoint
+    from .sample_information_config import SampleInformationConfig as SampleInformationConfig
+    from .sample_information_protocol import SampleInformationResult as SampleInformationResult
+    from .sample_information_protocol import sample_information as sample_information
     from .scores import TrainingDynamicsResult as TrainingDynamicsResult
-    from .training_dynamics_api import TrainingDynamicsConfig as TrainingDynamicsConfig
-    from .training_dynamics_api import training_dynamics as training_dynamics
+    from .training_dynamics_config import TrainingDynamicsConfig as TrainingDynamicsConfig
+    from .training_dynamics_protocol import training_dynamics as training_dynamics
 
 __version__ = "0.1.0"
 
@@ -32,14 +32,14 @@ _LAZY = {
     "find_label_issues": "label_issues",
     "LabelIssuesConfig": "label_issues",
     "LabelIssues": "label_issues",
-    "training_dynamics": "training_dynamics_api",
-    "TrainingDynamicsConfig": "training_dynamics_api",
+    "training_dynamics": "training_dynamics_protocol",
+    "TrainingDynamicsConfig": "training_dynamics_config",
     "TrainingDynamicsResult": "scores",
-    "sample_information": "sample_information_api",
-    "SampleInformationConfig": "sample_information_api",
-    "SampleInformationResult": "sample_information_api",
-    "GroundTruthConfig": "sample_information_api",
-    "LinearizationCheckpoint": "sample_information_api",
+    "sample_information": "sample_information_protocol",
+    "SampleInformationConfig": "sample_information_config",
+    "SampleInformationResult": "sample_information_protocol",
+    "GroundTruthConfig": "sample_information_config",
+    "LinearizationCheckpoint": "sample_information_config",
 }
 __all__ += list(_LAZY)
 

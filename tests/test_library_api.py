@@ -69,7 +69,7 @@ def test_sample_information_literals_match_the_contract_and_the_core() -> None:
     from contracts import common
     from contracts import sample_information as c
     from infoscore import linearized, ntk, projection, sample_info, training
-    from infoscore import sample_information_api as api
+    from infoscore import sample_information_config as api
 
     pairs = [
         (api.Measure, c.Measure, sample_info.MEASURES),

@@ -4,7 +4,7 @@ params -> :class:`infoscore.SampleInformationConfig` -> the library call on the 
 device -> ``JobOutput``. The one thing only a worker can do is resolve ``linearize_at``'s
 ``{job, artifact}`` reference to a file of the artifact store. The protocol (training at
 ``linearize_at``, held-out subset, ground truth, summary) lives in
-``infoscore.sample_information_api``; docs/jobs/sample-information.md.
+``infoscore.sample_information_protocol``; docs/jobs/sample-information.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 params -> :class:`infoscore.TrainingDynamicsConfig` -> the library call on the job's
 device -> ``JobOutput``. The science (training, scores, ``auroc_noisy``) lives in
-``infoscore.training_dynamics_api`` and ``infoscore.scores``.
+``infoscore.training_dynamics_protocol`` and ``infoscore.scores``.
 """
 
 from __future__ import annotations
