@@ -29,9 +29,6 @@ __all__ = ["Cancelled", "InfoscoreError", "InvalidInputError", "NumericalError",
 
 # Loaded on first use, so ``import infoscore`` (e.g. for its errors) does not load torch.
 _LAZY = {
-    "find_label_issues": "label_issues",
-    "LabelIssuesConfig": "label_issues",
-    "LabelIssues": "label_issues",
     "training_dynamics": "training_dynamics_protocol",
     "TrainingDynamicsConfig": "training_dynamics_config",
     "TrainingDynamicsResult": "scores",
@@ -40,6 +37,9 @@ _LAZY = {
     "SampleInformationResult": "sample_information_protocol",
     "GroundTruthConfig": "sample_information_config",
     "LinearizationCheckpoint": "sample_information_config",
+    "find_label_issues": "label_issues",
+    "LabelIssuesConfig": "label_issues",
+    "LabelIssues": "label_issues",
 }
 __all__ += list(_LAZY)
 

@@ -1,25 +1,23 @@
-"""The library calls of the job kinds (``infoscore.<kind>(dataset, model, config)``): configs
-whose defaults are the contracts', results equal to what the jobs produce, README snippets."""
+"""The library on its own: one call per job kind, typed configs whose defaults are the
+contract's, and the README's library snippets (run as written)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 
 import infoscore
-from infoscore.errors import Cancelled, InvalidInputError
-from tests.runner_helpers import make_context
-from workers.runners import get_runner
 
-# --- training-dynamics and sample-information ------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+# ---------------------------------------------------------------------------------------
+# training-dynamics and sample-information
+# ---------------------------------------------------------------------------------------
 
 
 def test_training_dynamics_config_defaults_equal_the_contract() -> None:
@@ -66,6 +64,8 @@ def test_sample_information_config_defaults_equal_the_contract() -> None:
 
 
 def test_sample_information_literals_match_the_contract_and_the_core() -> None:
+    from typing import get_args
+
     from contracts import common
     from contracts import sample_information as c
     from infoscore import linearized, ntk, projection, sample_info, training
@@ -96,7 +96,7 @@ def test_configs_import_without_torch() -> None:
         "infoscore.GroundTruthConfig(); infoscore.LinearizationCheckpoint('w.safetensors')\n"
         "assert 'torch' not in sys.modules, 'torch loaded'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_configs_import_without_torch() -> None:
         ({"epochs": 2.0}, "epochs"),
         ({"batch_size": 0}, "batch_size"),
         ({"lr": 0.0}, "lr"),
-        ({"lr": math.nan}, "lr"),
+        ({"lr": float("nan")}, "lr"),
         ({"optimizer": "rmsprop"}, "optimizer"),
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"epochs": 3, "el2n_epoch": 4}, "el2n_epoch"),
@@ -117,7 +117,9 @@ def test_configs_import_without_torch() -> None:
 def test_training_dynamics_config_rejects_bad_values_naming_the_field(
     kwargs: dict[str, Any], field: str
 ) -> None:
-    with pytest.raises(InvalidInputError, match=f"^The '{field}' parameter of TrainingDynamicsConfig") as err:
+    with pytest.raises(
+        infoscore.InvalidInputError, match=f"^The '{field}' parameter of TrainingDynamicsConfig"
+    ) as err:
         infoscore.TrainingDynamicsConfig(**kwargs)
     assert err.value.param == field
 
@@ -129,7 +131,7 @@ def test_training_dynamics_config_rejects_bad_values_naming_the_field(
         ({"lr": -1.0}, "lr"),
         ({"l2": -0.1}, "l2"),
         ({"l2_auto_scale": 0.0}, "l2_auto_scale"),
-        ({"sigma": math.inf}, "sigma"),
+        ({"sigma": float("inf")}, "sigma"),
         ({"measures": ()}, "measures"),
         ({"measures": "weights"}, "measures"),
         ({"measures": ["weights", "loss"]}, "measures"),
@@ -156,16 +158,16 @@ def test_sample_information_config_rejects_bad_values_naming_the_field(
     kwargs: dict[str, Any], field: str
 ) -> None:
     with pytest.raises(
-        InvalidInputError, match=f"^The '{field}' parameter of SampleInformationConfig"
+        infoscore.InvalidInputError, match=f"^The '{field}' parameter of SampleInformationConfig"
     ) as err:
         infoscore.SampleInformationConfig(**kwargs)
     assert err.value.param == field
 
 
 def test_ground_truth_config_rejects_bad_values_naming_the_field() -> None:
-    with pytest.raises(InvalidInputError, match="'reference' parameter of GroundTruthConfig"):
+    with pytest.raises(infoscore.InvalidInputError, match="'reference' parameter of GroundTruthConfig"):
         infoscore.GroundTruthConfig(reference="exact")  # type: ignore[arg-type]
-    with pytest.raises(InvalidInputError, match="'subset' parameter of GroundTruthConfig"):
+    with pytest.raises(infoscore.InvalidInputError, match="'subset' parameter of GroundTruthConfig"):
         infoscore.GroundTruthConfig(subset=0)
 
 
@@ -175,12 +177,16 @@ def test_sample_information_config_accepts_a_list_of_measures() -> None:
     assert hash(config) == hash(infoscore.SampleInformationConfig(measures=("predictions",)))
 
 
-def _without_seconds(summary: dict[str, Any]) -> dict[str, Any]:
+def _td_si_without_timings(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k not in ("seconds", "timings")}
 
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_training_dynamics_library_call_equals_the_job(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from tests.runner_helpers import make_context
+    from workers.runners import get_runner
     from workers.runners.base import json_safe
 
     request = {
@@ -212,7 +218,7 @@ def test_training_dynamics_library_call_equals_the_job(tmp_path: Path) -> None:
     # The job records the model spec with its defaults spelled out; same values otherwise.
     assert summary["settings"].pop("model") == {"arch": "mlp", "hidden": [16]}
     assert job.summary["settings"].pop("model")["hidden"] == [16]
-    assert _without_seconds(json_safe(summary)) == _without_seconds(job.summary)
+    assert _td_si_without_timings(json_safe(summary)) == _td_si_without_timings(job.summary)
     assert "auroc_noisy" in summary and summary["seconds"] > 0
     assert progress == [(e, 4) for e in range(1, 5)]
     assert result.figures() == {}
@@ -234,9 +240,9 @@ def test_training_dynamics_library_defaults_and_cancel() -> None:
     }
     assert summary["test_accuracy"] is None and "auroc_noisy" not in summary
     assert summary["settings"]["el2n_epoch"] == 1
-    with pytest.raises(Cancelled):
+    with pytest.raises(infoscore.Cancelled):
         infoscore.training_dynamics(ds, should_stop=lambda: True)
-    with pytest.raises(InvalidInputError, match="'config' parameter of training_dynamics"):
+    with pytest.raises(infoscore.InvalidInputError, match="'config' parameter of training_dynamics"):
         infoscore.training_dynamics(ds, None, {"epochs": 1})  # type: ignore[arg-type]
 
 
@@ -252,6 +258,11 @@ def _si_request(params: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_sample_information_library_call_equals_the_job(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from tests.runner_helpers import make_context
+    from workers.runners import get_runner
     from workers.runners.base import json_safe
 
     params = {
@@ -292,7 +303,7 @@ def test_sample_information_library_call_equals_the_job(tmp_path: Path) -> None:
     # ground truth alone needed si_weights: computed, but not a column
     assert list(table.columns) == ["si_predictions", "rank_si_predictions"]
     summary = json_safe(result.summary())
-    assert _without_seconds(summary) == _without_seconds(job.summary)
+    assert _td_si_without_timings(summary) == _td_si_without_timings(job.summary)
     assert set(summary["timings"]) >= {"kernel_s", "loo_s", "ground_truth_s"}
     assert summary["ground_truth"]["reference"] == "linearized" and summary["train_epochs"] == 2
     assert progress[-1][0] == progress[-1][1] == ctx.progress_log[-1][1]  # type: ignore[attr-defined]
@@ -306,6 +317,10 @@ def test_sample_information_library_call_equals_the_job(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_sample_information_library_checkpoint_and_refusals(tmp_path: Path) -> None:
+    import math
+
+    import numpy as np
+
     from infoscore import models
     from infoscore.data import make_gaussians
 
@@ -324,10 +339,10 @@ def test_sample_information_library_checkpoint_and_refusals(tmp_path: Path) -> N
     at_init = infoscore.sample_information(ds, spec, dataclasses.replace(config, linearize_at="init"))
     assert not np.allclose(result.table()["si_weights"], at_init.table()["si_weights"])
     # No test split: predictions are refused before any work, naming the field.
-    with pytest.raises(InvalidInputError, match="'measures'") as err:
+    with pytest.raises(infoscore.InvalidInputError, match="'measures'") as err:
         infoscore.sample_information(ds, spec, infoscore.SampleInformationConfig())
     assert err.value.param == "measures"
-    with pytest.raises(Cancelled):
+    with pytest.raises(infoscore.Cancelled):
         infoscore.sample_information(ds, spec, config, should_stop=lambda: True)
 
 
