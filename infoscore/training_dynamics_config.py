@@ -43,10 +43,11 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_positive(value: object) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    )
+def _is_real(value: object) -> bool:
+    """A finite int or float (not a bool); any int is finite, even one too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,12 @@ class TrainingDynamicsConfig:
             raise invalid("epochs", caller, "an integer >= 1", self.epochs)
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise invalid("batch_size", caller, "an integer >= 1", self.batch_size)
-        if not _is_positive(self.lr):
+        if not (_is_real(self.lr) and self.lr > 0):
             raise invalid("lr", caller, "a float in (0, inf)", self.lr)
         if self.optimizer not in get_args(Optimizer):
             raise invalid("optimizer", caller, f"one of {list(get_args(Optimizer))}", self.optimizer)
         wd = self.weight_decay
-        if not (isinstance(wd, int | float) and not isinstance(wd, bool) and math.isfinite(wd) and wd >= 0):
+        if not (_is_real(wd) and wd >= 0):
             raise invalid("weight_decay", caller, "a float in [0, inf)", wd)
         if self.el2n_epoch is None:  # the default follows epochs, as the job's
             object.__setattr__(self, "el2n_epoch", min(EL2N_EPOCH_DEFAULT, self.epochs))

@@ -365,3 +365,44 @@ def test_readme_snippet_training_dynamics_and_sample_information() -> None:
     assert td.summary()["auroc_noisy"]["el2n"] > 0.95
     assert auroc(si.table()["si_predictions"].to_numpy(), ds.noisy_mask) > 0.9
     assert len(si.table()) == ds.n_train and si.summary()["d"] == 512
+
+
+def _td_si_any_value() -> Any:
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**400), max_value=10**400),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=12),
+        st.sampled_from(["weights", "exact", "projected", "gaussian", "continuous", "rescaled", "trained"]),
+    )
+    return st.one_of(scalars, st.lists(scalars, max_size=3), st.tuples(scalars))
+
+
+def test_td_si_configs_either_build_or_raise_invalid_input_naming_a_field() -> None:
+    """Any value of any field: the config builds, or raises InvalidInputError in the one
+    message format naming a field; never another exception."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    configs = (
+        infoscore.TrainingDynamicsConfig,
+        infoscore.SampleInformationConfig,
+        infoscore.GroundTruthConfig,
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from(configs), st.data())
+    def check(cls: Any, data: Any) -> None:
+        names = [f.name for f in dataclasses.fields(cls)]
+        chosen = data.draw(st.lists(st.sampled_from(names), max_size=3, unique=True))
+        kwargs = {name: data.draw(_td_si_any_value()) for name in chosen}
+        try:
+            cls(**kwargs)
+        except infoscore.InvalidInputError as err:
+            assert err.param in names
+            assert str(err).startswith(f"The '{err.param}' parameter of {cls.__name__} must be")
+
+    check()
