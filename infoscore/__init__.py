@@ -28,6 +28,14 @@ if TYPE_CHECKING:
     from .limit import LimitResult as LimitResult
     from .limit import limit as limit
     from .limit_config import LimitConfig as LimitConfig
+    from .sample_information_config import GroundTruthConfig as GroundTruthConfig
+    from .sample_information_config import LinearizationCheckpoint as LinearizationCheckpoint
+    from .sample_information_config import SampleInformationConfig as SampleInformationConfig
+    from .sample_information_protocol import SampleInformationResult as SampleInformationResult
+    from .sample_information_protocol import sample_information as sample_information
+    from .scores import TrainingDynamicsResult as TrainingDynamicsResult
+    from .training_dynamics_config import TrainingDynamicsConfig as TrainingDynamicsConfig
+    from .training_dynamics_protocol import training_dynamics as training_dynamics
 
 __version__ = "0.1.0"
 
@@ -35,6 +43,14 @@ __all__ = ["Cancelled", "InfoscoreError", "InvalidInputError", "NumericalError",
 
 # Loaded on first use, so ``import infoscore`` (e.g. for its errors) does not load torch.
 _LAZY = {
+    "training_dynamics": "training_dynamics_protocol",
+    "TrainingDynamicsConfig": "training_dynamics_config",
+    "TrainingDynamicsResult": "scores",
+    "sample_information": "sample_information_protocol",
+    "SampleInformationConfig": "sample_information_config",
+    "SampleInformationResult": "sample_information_protocol",
+    "GroundTruthConfig": "sample_information_config",
+    "LinearizationCheckpoint": "sample_information_config",
     "find_label_issues": "label_issues",
     "LabelIssuesConfig": "label_issues_config",
     "LabelIssues": "label_issues",

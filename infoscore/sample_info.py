@@ -56,6 +56,7 @@ from .linearized import (
     JITTER_LADDER,
     LOO_LAMBDAS,
     TIME_MODES,
+    LooLambda,
     TimeMode,
     cholesky_with_jitter,
     gd_filter,
@@ -65,6 +66,7 @@ from .linearized import (
 )
 from .ntk import (
     KERNEL_METHODS,
+    KernelMethod,
     flat_parameters,
     ntk_cross_chunks,
     ntk_gram,
@@ -80,6 +82,8 @@ from .projection import (
     ROW_BLOCK,
     FactoredFeatures,
     KroneckerProjector,
+    ProjectionKind,
+    ProjectionStructure,
     Projector,
     kronecker_features,
     projected_features,
@@ -897,12 +901,12 @@ def sample_information(
     l2: float | None = None,
     l2_auto_scale: float | None = None,
     sigma: float = 1.0,
-    measures: Sequence[str] = ("weights", "predictions"),
-    method: str = "exact",
+    measures: Sequence[Measure] = ("weights", "predictions"),
+    method: Method = "exact",
     projection_dim: int = 2048,
-    projection: str = "rademacher",
-    time: str = "discrete",
-    loo_lambda: str = "same",
+    projection: ProjectionKind = "rademacher",
+    time: TimeMode = "discrete",
+    loo_lambda: LooLambda = "same",
     seed: int = 0,
     batch_size: int = 128,
     max_exact_nk: int = DEFAULT_MAX_EXACT_NK,
@@ -913,8 +917,8 @@ def sample_information(
     max_delta_f_bytes: int = DEFAULT_MAX_DELTA_F_BYTES,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
-    kernel_method: str = "auto",
-    projection_structure: str = "kronecker",
+    kernel_method: KernelMethod = "auto",
+    projection_structure: ProjectionStructure = "kronecker",
 ) -> SampleInformation:
     """SI / F-SI of every training sample for ``model`` linearized at its current weights.
 

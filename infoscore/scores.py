@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,6 +49,9 @@ from torch.func import functional_call, grad, vmap
 from .errors import invalid
 from .progress import ProgressFn, StopFn, check_stop
 from .training import OPTIMIZERS, accuracy, predict_logits, train_classifier
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCORE_NAMES: tuple[str, ...] = ("loss", "margin", "el2n", "grand", "forgetting_events")
 # Per-sample gradients held at once: 256 MiB of them by default, whatever p.
@@ -64,6 +68,11 @@ class TrainingDynamicsResult:
     the end of any epoch. train_accuracy / test_accuracy: final, eval mode, on the
     (noisy) training labels / the test set (NaN when there is no test set).
     train_loss_curve: (E,) mean training loss per epoch, as seen during training.
+
+    The dataset-level call :func:`infoscore.training_dynamics` also fills ``settings`` (the
+    config, ``model`` spec, ``n_train``, ``n_test``), ``seconds`` (wall time of model
+    build, training and scoring) and ``noisy_mask`` (the dataset's record of flipped
+    labels, None when unknown), which :meth:`summary` reports.
     """
 
     scores: dict[str, np.ndarray]
@@ -72,6 +81,50 @@ class TrainingDynamicsResult:
     test_accuracy: float
     epochs: int
     train_loss_curve: list[float] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = math.nan
+    noisy_mask: np.ndarray | None = None
+
+    def table(self) -> pd.DataFrame:
+        """The job's per-sample table: the ``SCORE_NAMES`` columns, then ``never_learned``.
+
+        forgetting_events counts 0 for a row never learned; never_learned tells those rows
+        apart (ranking rule: never-learned first, see :func:`forgetting_rank`)."""
+        import pandas as pd
+
+        table = pd.DataFrame({name: self.scores[name] for name in SCORE_NAMES})
+        table["never_learned"] = np.asarray(self.never_learned, dtype=bool)
+        return table
+
+    def auroc_noisy(self) -> dict[str, float] | None:
+        """score -> AUROC for flagging the flipped labels (each score oriented by
+        :func:`suspicion_scores`), or None unless ``noisy_mask`` is known and has both
+        flipped and clean rows."""
+        mask = self.noisy_mask
+        if mask is None or not 0 < int(np.sum(mask)) < mask.shape[0]:
+            return None
+        oriented = suspicion_scores(self)
+        return {name: auroc(oriented[name], mask) for name in SCORE_NAMES}
+
+    def summary(self) -> dict[str, Any]:
+        """The job's summary: ``train_accuracy``, ``test_accuracy`` (None without a test
+        set), ``epochs``, ``seconds``, ``settings`` and, when the labels' noise is known,
+        ``auroc_noisy`` (docs/jobs/training-dynamics.md)."""
+        summary: dict[str, Any] = {
+            "train_accuracy": self.train_accuracy,
+            "test_accuracy": None if math.isnan(self.test_accuracy) else self.test_accuracy,
+            "epochs": self.epochs,
+            "seconds": self.seconds,
+            "settings": dict(self.settings),
+        }
+        aurocs = self.auroc_noisy()
+        if aurocs is not None:
+            summary["auroc_noisy"] = aurocs
+        return summary
+
+    def figures(self) -> dict[str, bytes]:
+        """PNG files of the job: none (the job page draws its charts from the table)."""
+        return {}
 
 
 def loss_and_margin(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

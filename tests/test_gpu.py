@@ -212,7 +212,7 @@ def test_sample_information_structured_kernel_and_kronecker_projection_on_cuda(m
             k=4,
             x_eval=torch.tensor(ds.x_test, dtype=torch.float64, device=device),
             y_eval=torch.tensor(ds.y_test, device=device),
-            method=method,
+            method=method,  # type: ignore[arg-type]
             projection_dim=256,
             seed=3,
         )

@@ -208,7 +208,7 @@ def test_projected_weights_full_is_named_and_computed_in_the_projection_space(
     n, k, d, l2 = 10, 2, 16, 0.05
     res = si.sample_information(
         model, x, y, k=k, x_eval=xe, l2=l2, method="projected", projection_dim=d, seed=4,
-        measures=["weights", "weights_full"], projection_structure=structure,
+        measures=["weights", "weights_full"], projection_structure=structure,  # type: ignore[arg-type]
     )  # fmt: skip
     assert set(res.columns()) == {"si_weights", "si_weights_full_projected"}
     assert res.info["weights_full_space"] == "projection"

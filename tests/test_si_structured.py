@@ -86,9 +86,9 @@ def test_unknown_modules_fall_back_to_jacobians_and_the_dense_projection() -> No
 def test_bad_kernel_method_and_projection_structure() -> None:
     model, kw = _problem({"arch": "linear"}, (6,))
     with pytest.raises(InvalidInputError, match="'kernel_method'"):
-        sample_information(model, kernel_method="fast", **kw)
+        sample_information(model, kernel_method="fast", **kw)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="'projection_structure'"):
-        sample_information(model, method="projected", projection_structure="sparse", **kw)
+        sample_information(model, method="projected", projection_structure="sparse", **kw)  # type: ignore[arg-type]
 
 
 def test_one_automatic_ridge_rule_for_exact_and_projected() -> None:
