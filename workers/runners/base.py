@@ -123,4 +123,43 @@ class Runner:
         raise NotImplementedError
 
 
-__all__ = ["JobContext", "JobOutput", "Runner", "Unit", "json_safe"]
+class LibraryRunner(Runner):
+    """A single-task kind as an adapter of one library call: params -> config -> the call on
+    the job's device -> ``JobOutput``. Subclasses name the call and its config class in
+    ``infoscore`` (``call``, ``config_class``); they override ``config`` when params need a
+    mapping, ``table`` and ``files`` when the job writes more than the result's table and
+    figures. ``infoscore`` is read at run time, in the worker child: importing a runner
+    loads no torch."""
+
+    call: ClassVar[str] = ""
+    config_class: ClassVar[str] = ""
+
+    def config(self, ctx: JobContext) -> Any:
+        import infoscore
+
+        return getattr(infoscore, self.config_class)(**ctx.params.model_dump(), seed=ctx.seed)
+
+    def run(self, ctx: JobContext) -> JobOutput:
+        import infoscore
+
+        result = getattr(infoscore, self.call)(
+            ctx.dataset,
+            ctx.model_spec,
+            self.config(ctx),
+            device=ctx.device,
+            progress=ctx.progress,
+            should_stop=ctx.should_stop,
+        )
+        return JobOutput(
+            summary=json_safe(result.summary()), scores=self.table(result), files=self.files(ctx, result)
+        )
+
+    def table(self, result: Any) -> pd.DataFrame | None:
+        table: pd.DataFrame | None = result.table()
+        return table
+
+    def files(self, ctx: JobContext, result: Any) -> dict[str, bytes | Path]:
+        return dict(result.figures())
+
+
+__all__ = ["JobContext", "JobOutput", "LibraryRunner", "Runner", "Unit", "json_safe"]

@@ -8,34 +8,29 @@ is the library's; see docs/jobs/limit.md for the contract.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import infoscore
+import pandas as pd
+
 from contracts.limit import KIND, SCORE_COLUMNS
 
-from .base import JobContext, JobOutput, Runner, json_safe
+from .base import JobContext, LibraryRunner
 
 
-class LimitRunner(Runner):
+class LimitRunner(LibraryRunner):
     kind = KIND
+    call = "limit"
+    config_class = "LimitConfig"
 
-    def run(self, ctx: JobContext) -> JobOutput:
-        config = infoscore.LimitConfig(**ctx.params.model_dump(), seed=ctx.seed)
-        result = infoscore.limit(
-            ctx.dataset,
-            ctx.model_spec,
-            config,
-            device=ctx.device,
-            progress=ctx.progress,
-            should_stop=ctx.should_stop,
-        )
+    def table(self, result: Any) -> pd.DataFrame:
+        table: pd.DataFrame = result.table()[list(SCORE_COLUMNS)]
+        return table
+
+    def files(self, ctx: JobContext, result: Any) -> dict[str, bytes | Path]:
         files: dict[str, bytes | Path] = {"model.safetensors": ctx.workdir / "model.safetensors"}
         result.save_model(ctx.workdir / "model.safetensors")
         for name, png in result.figures().items():
             path = ctx.workdir / name
             path.write_bytes(png)
             files[name] = path
-        return JobOutput(
-            summary=json_safe(result.summary()),
-            scores=result.table()[list(SCORE_COLUMNS)],
-            files=files,
-        )
+        return files

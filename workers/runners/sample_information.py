@@ -10,13 +10,14 @@ device -> ``JobOutput``. The one thing only a worker can do is resolve ``lineari
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import infoscore
 from contracts.sample_information import KIND, CheckpointRef, LinearizeAtName
 from infoscore.errors import invalid
 from store.artifacts import ArtifactStore
 
-from .base import JobContext, JobOutput, Runner, json_safe
+from .base import JobContext, LibraryRunner
 
 
 def linearization_point(
@@ -35,26 +36,21 @@ def linearization_point(
     return infoscore.LinearizationCheckpoint(path, job=value.job, artifact=value.artifact)
 
 
-class SampleInformationRunner(Runner):
+class SampleInformationRunner(LibraryRunner):
     kind = KIND
+    call = "sample_information"
+    config_class = "SampleInformationConfig"
 
-    def run(self, ctx: JobContext) -> JobOutput:
+    def config(self, ctx: JobContext) -> infoscore.SampleInformationConfig:
         params = ctx.params
         gt = params.ground_truth
-        config = infoscore.SampleInformationConfig(
+        return infoscore.SampleInformationConfig(
             **params.model_dump(exclude={"measures", "ground_truth", "linearize_at"}),
             measures=tuple(params.measures),
             ground_truth=None if gt is None else infoscore.GroundTruthConfig(**gt.model_dump()),
             linearize_at=linearization_point(ctx, params.linearize_at),
             seed=ctx.seed,
         )
-        result = infoscore.sample_information(
-            ctx.dataset,
-            ctx.model_spec,
-            config,
-            device=ctx.device,
-            progress=ctx.progress,
-            should_stop=ctx.should_stop,
-        )
-        files: dict[str, bytes | Path] = {**result.figures(), **result.write_files(ctx.workdir)}
-        return JobOutput(summary=json_safe(result.summary()), scores=result.table(), files=files)
+
+    def files(self, ctx: JobContext, result: Any) -> dict[str, bytes | Path]:
+        return {**result.figures(), **result.write_files(ctx.workdir)}

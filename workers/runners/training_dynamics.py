@@ -7,28 +7,24 @@ device -> ``JobOutput``. The science (training, scores, ``auroc_noisy``) lives i
 
 from __future__ import annotations
 
-import infoscore
+from typing import Any
+
+import pandas as pd
+
 from contracts.training_dynamics import KIND, TABLE_COLUMNS
 
-from .base import JobContext, JobOutput, Runner, json_safe
+from .base import LibraryRunner
 
 
-class TrainingDynamicsRunner(Runner):
+class TrainingDynamicsRunner(LibraryRunner):
     """The job's table is ``TABLE_COLUMNS``; its summary is
     :meth:`infoscore.scores.TrainingDynamicsResult.summary` (docs/jobs/training-dynamics.md)."""
 
     kind = KIND
+    call = "training_dynamics"
+    config_class = "TrainingDynamicsConfig"
 
-    def run(self, ctx: JobContext) -> JobOutput:
-        config = infoscore.TrainingDynamicsConfig(**ctx.params.model_dump(), seed=ctx.seed)
-        result = infoscore.training_dynamics(
-            ctx.dataset,
-            ctx.model_spec,
-            config,
-            device=ctx.device,
-            progress=ctx.progress,
-            should_stop=ctx.should_stop,
-        )
-        table = result.table()
+    def table(self, result: Any) -> pd.DataFrame:
+        table: pd.DataFrame = result.table()
         assert tuple(table.columns) == TABLE_COLUMNS
-        return JobOutput(summary=json_safe(result.summary()), scores=table, files=dict(result.figures()))
+        return table
