@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from . import distill
+from .config_checks import model_spec
 from .data import Dataset
 from .distill_config import DistillationConfig, SupervisionComplexityConfig
 from .models import build_model, count_parameters
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 STUDENT_SEED_OFFSET = 10_000
 SUBSAMPLE_SEED_OFFSET = 20_000
 RANDOM_LABELS_SEED_OFFSET = 30_000
-DEFAULT_STUDENT: dict[str, Any] = {"arch": "mlp"}  # build_model's default MLP (one hidden layer of 256)
 
 
 class _Stages:
@@ -281,7 +281,7 @@ def supervision_complexity(
     t0 = time.perf_counter()
     c = config
     seed = c.seed
-    spec = DEFAULT_STUDENT if model is None else model
+    spec = model_spec(model, "supervision_complexity")
     data = _Data.of(dataset, device)
     x, y = data.x, data.y
     k = dataset.n_classes
@@ -505,7 +505,7 @@ def distillation(
     t0 = time.perf_counter()
     c = config
     seed = c.seed
-    spec = DEFAULT_STUDENT if model is None else model
+    spec = model_spec(model, "distillation")
     data = _Data.of(dataset, device)
     k = dataset.n_classes
     modes = c.modes()

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .config_checks import model_spec
 from .errors import invalid
 from .fcmi_config import FcmiConfig, Learner, MiEstimator
 from .models import build_model
@@ -627,14 +628,6 @@ MI_LABELS = {
     MiEstimator.PLUGIN: "plug-in (biased upward; comparable with published numbers)",
     MiEstimator.MILLER_MADOW: "bias-corrected (Miller-Madow; not a guaranteed bound)",
 }
-# ``fcmi_bound(model=None)`` trains the registry's MLP with its defaults (infoscore.models).
-DEFAULT_MODEL: dict[str, Any] = {
-    "arch": "mlp",
-    "hidden": [256],
-    "activation": "relu",
-    "batchnorm": False,
-    "dropout": 0.0,
-}
 _KIND = "fcmi-bound"
 
 
@@ -730,7 +723,7 @@ def check_pool(pool_size: int, config: FcmiConfig) -> None:
 def _model_spec(model: Mapping[str, Any] | None) -> dict[str, Any]:
     from .models import ARCHITECTURES
 
-    spec = dict(DEFAULT_MODEL if model is None else model)
+    spec = model_spec(model, _KIND)
     if spec.get("arch") not in ARCHITECTURES:
         raise invalid("model", _KIND, f"a model spec with 'arch' one of {sorted(ARCHITECTURES)}", model)
     return spec
@@ -1056,7 +1049,7 @@ def fcmi_bound(
     :func:`plan`, then :func:`run_unit` for each unit in turn (k2 trainings batched per
     unit), then :func:`reduce`, in this process; the service's fan-out calls the same three
     functions. ``model`` is a spec of :func:`infoscore.models.build_model` (None = the
-    default MLP, ``DEFAULT_MODEL``); ignored by ``learner = "1nn"``. ``progress(done,
+    default MLP, ``infoscore.config_checks.DEFAULT_MODEL``); ignored by ``learner = "1nn"``. ``progress(done,
     total)`` counts units (len(n) * k1); ``should_stop()`` is checked between units and
     inside each training (raises :class:`infoscore.Cancelled`).
     """

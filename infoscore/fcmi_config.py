@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
+from .config_checks import is_int
 from .errors import invalid
 
 OptimizerName = Literal["adam", "sgd"]
@@ -84,7 +85,7 @@ class FcmiConfig:
             raise invalid("n", _CALLER, "a non-empty sequence of distinct positive integers", self.n)
         for name, low in (("k1", 1), ("k2", 2), ("epochs", 1), ("batch_size", 1)):
             value = getattr(self, name)
-            if not _is_int(value) or value < low:
+            if not is_int(value) or value < low:
                 raise invalid(name, _CALLER, f"an integer >= {low}", value)
         lr = self.lr
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
@@ -101,17 +102,13 @@ class FcmiConfig:
             raise invalid("eval_epochs", _CALLER, f"distinct epochs in [0, {self.epochs}]", self.eval_epochs)
         if epochs and learner is not Learner.MODEL:
             raise invalid("eval_epochs", _CALLER, "empty unless learner = 'model'", self.eval_epochs)
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise invalid("seed", _CALLER, "an integer >= 0", self.seed)
         object.__setattr__(self, "n", n)
         object.__setattr__(self, "eval_epochs", tuple(sorted(epochs)))
         object.__setattr__(self, "mi_estimator", estimator.value)
         object.__setattr__(self, "learner", learner.value)
         object.__setattr__(self, "lr", float(lr))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _int_tuple(name: str, value: Any, expected: str) -> tuple[int, ...]:

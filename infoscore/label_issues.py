@@ -45,10 +45,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .config_checks import model_spec
 from .data import Dataset
 from .errors import invalid
 from .label_issues_config import LabelIssuesConfig, Method, Threshold
-from .limit import DEFAULT_MODEL, CallableModule, LimitConfig, SplitData, prepare_split, train_limit
+from .limit import CallableModule, LimitConfig, SplitData, prepare_split, train_limit
 from .models import build_model
 from .progress import ProgressFn, StopFn, check_stop
 from .scores import auroc
@@ -672,7 +673,7 @@ def label_issues(
     cfg = config.validated(dataset.n_train, "label_issues")
     dev = torch.device(device)
     res = find_label_issues(
-        DEFAULT_MODEL if model is None else model,
+        model_spec(model, "label_issues"),
         dataset.x_train,
         dataset.y_train,
         n_classes=dataset.n_classes,

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config_checks import model_spec
 from .data import Dataset
 from .errors import InvalidInputError, invalid
 from .limit_config import LimitConfig, QLaw
@@ -752,7 +753,6 @@ def split_from_dataset(
 
 # --------------------------------------------------------------------------- the job: infoscore.limit
 
-DEFAULT_MODEL: dict[str, Any] = {"arch": "mlp"}  # build_model's MLP (one hidden layer of 256)
 FANO_INFO_GRID_BITS = (0.0, 0.25, 0.5, 1.0, 2.0)  # I/n at which the summary reports r₀
 
 
@@ -992,7 +992,7 @@ def limit(
     """
     started = time.perf_counter()
     cfg = config.validated("limit")
-    spec = DEFAULT_MODEL if model is None else model
+    spec = model_spec(model, "limit")
     dev = torch.device(device)
     data = split_from_dataset(
         dataset,

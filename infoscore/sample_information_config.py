@@ -10,11 +10,11 @@ checked when the config is built: a bad value raises
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from .config_checks import is_int, is_real
 from .errors import invalid
 from .training_dynamics_config import Optimizer
 
@@ -33,17 +33,6 @@ ProjectionStructure = Literal["kronecker", "dense"]
 LinearizeAtName = Literal["init", "trained"]
 TRAIN_FIELDS = ("train_epochs", "train_lr", "train_batch_size", "train_optimizer")
 CALLER = "SampleInformationConfig"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    """A finite int or float (not a bool); any int is finite, even one too large for a float."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return isinstance(value, int) or math.isfinite(value)
 
 
 def _check_choice(name: str, value: object, choices: Any, caller: str = CALLER) -> None:
@@ -68,7 +57,7 @@ class GroundTruthConfig:
     reference: GroundTruthReference = "network"
 
     def __post_init__(self) -> None:
-        if not _is_int(self.subset) or self.subset < 1:
+        if not is_int(self.subset) or self.subset < 1:
             raise invalid("subset", "GroundTruthConfig", "an integer >= 1", self.subset)
         _check_choice("reference", self.reference, GroundTruthReference, "GroundTruthConfig")
 
@@ -159,15 +148,15 @@ class SampleInformationConfig:
     projection_structure: ProjectionStructure = "kronecker"
 
     def __post_init__(self) -> None:
-        if self.t is not None and (not _is_int(self.t) or self.t < 1):
+        if self.t is not None and (not is_int(self.t) or self.t < 1):
             raise invalid("t", CALLER, "a positive integer or None (infinity)", self.t)
         for name in ("lr", "sigma", "weights_full_jitter", "train_lr"):
             value = getattr(self, name)
-            if not (_is_real(value) and value > 0):
+            if not (is_real(value) and value > 0):
                 raise invalid(name, CALLER, "a float in (0, inf)", value)
-        if self.l2 is not None and not (_is_real(self.l2) and self.l2 >= 0):
+        if self.l2 is not None and not (is_real(self.l2) and self.l2 >= 0):
             raise invalid("l2", CALLER, "a float in [0, inf) or None (automatic)", self.l2)
-        if self.l2_auto_scale is not None and not (_is_real(self.l2_auto_scale) and self.l2_auto_scale > 0):
+        if self.l2_auto_scale is not None and not (is_real(self.l2_auto_scale) and self.l2_auto_scale > 0):
             raise invalid("l2_auto_scale", CALLER, "a float in (0, inf) or None (1.0)", self.l2_auto_scale)
         measures = self.measures
         if isinstance(measures, str) or not isinstance(measures, list | tuple) or not measures:
@@ -179,7 +168,7 @@ class SampleInformationConfig:
         object.__setattr__(self, "measures", tuple(measures))  # a list is accepted, a tuple kept
         for name in ("projection_dim", "eval_size", "train_epochs", "train_batch_size"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise invalid(name, CALLER, "an integer >= 1", value)
         _check_choice("method", self.method, Method)
         _check_choice("projection", self.projection, ProjectionKind)
@@ -199,7 +188,7 @@ class SampleInformationConfig:
             raise invalid(
                 "linearize_at", CALLER, "'init', 'trained' or a LinearizationCheckpoint", self.linearize_at
             )
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise invalid("seed", CALLER, "an integer", self.seed)
         if self.ground_truth is not None and self.ground_truth.reference == "network" and self.t is None:
             raise invalid(

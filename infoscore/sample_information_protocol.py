@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import ground_truth as gt
+from .config_checks import model_spec
 from .data import Dataset
 from .errors import invalid
 from .models import build_model
@@ -39,7 +40,6 @@ from .sample_info import SampleInformation, load_checkpoint, train_linearization
 from .sample_info import sample_information as estimate_sample_information
 from .sample_information_config import LinearizationCheckpoint, SampleInformationConfig
 from .training import as_tensor
-from .training_dynamics_config import model_spec
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -4,50 +4,19 @@ Torch-free: importing the config does not load torch. Field names are exactly th
 params (``contracts.training_dynamics``, docs/jobs/training-dynamics.md) plus ``seed``;
 the defaults are the contract's, each with its reason in the class docstring. Every field
 is checked when the config is built: a bad value raises
-:class:`~infoscore.errors.InvalidInputError` naming the field, before any work. Also the
-model spec of a library call that names none (:func:`model_spec`).
+:class:`~infoscore.errors.InvalidInputError` naming the field, before any work.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
+from .config_checks import is_int, is_real
 from .errors import invalid
 
 Optimizer = Literal["adam", "sgd"]
 EL2N_EPOCH_DEFAULT = 5
-# The model of a library call that names none: the service's default MLP, spelled out in
-# full so that ``settings["model"]`` reads as a job's does.
-DEFAULT_MODEL: dict[str, Any] = {
-    "arch": "mlp",
-    "hidden": [256],
-    "activation": "relu",
-    "batchnorm": False,
-    "dropout": 0.0,
-}
-
-
-def model_spec(model: Mapping[str, Any] | None, caller: str) -> dict[str, Any]:
-    """The spec dict of :func:`infoscore.models.build_model`; None = :data:`DEFAULT_MODEL`."""
-    if model is None:
-        return {k: list(v) if isinstance(v, list) else v for k, v in DEFAULT_MODEL.items()}
-    if not isinstance(model, Mapping):
-        raise invalid("model", caller, "a model spec mapping such as {'arch': 'mlp'} or None", model)
-    return dict(model)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    """A finite int or float (not a bool); any int is finite, even one too large for a float."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return isinstance(value, int) or math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -80,20 +49,20 @@ class TrainingDynamicsConfig:
 
     def __post_init__(self) -> None:
         caller = "TrainingDynamicsConfig"
-        if not _is_int(self.epochs) or self.epochs < 1:
+        if not is_int(self.epochs) or self.epochs < 1:
             raise invalid("epochs", caller, "an integer >= 1", self.epochs)
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_int(self.batch_size) or self.batch_size < 1:
             raise invalid("batch_size", caller, "an integer >= 1", self.batch_size)
-        if not (_is_real(self.lr) and self.lr > 0):
+        if not (is_real(self.lr) and self.lr > 0):
             raise invalid("lr", caller, "a float in (0, inf)", self.lr)
         if self.optimizer not in get_args(Optimizer):
             raise invalid("optimizer", caller, f"one of {list(get_args(Optimizer))}", self.optimizer)
         wd = self.weight_decay
-        if not (_is_real(wd) and wd >= 0):
+        if not (is_real(wd) and wd >= 0):
             raise invalid("weight_decay", caller, "a float in [0, inf)", wd)
         if self.el2n_epoch is None:  # the default follows epochs, as the job's
             object.__setattr__(self, "el2n_epoch", min(EL2N_EPOCH_DEFAULT, self.epochs))
-        elif not _is_int(self.el2n_epoch) or not 0 <= self.el2n_epoch <= self.epochs:
+        elif not is_int(self.el2n_epoch) or not 0 <= self.el2n_epoch <= self.epochs:
             raise invalid("el2n_epoch", caller, f"an integer in [0, epochs={self.epochs}]", self.el2n_epoch)
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise invalid("seed", caller, "an integer", self.seed)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .config_checks import model_spec
 from .data import Dataset
 from .errors import invalid
 from .models import build_model
@@ -30,7 +31,7 @@ from .progress import ProgressFn, StopFn
 from .scores import TrainingDynamicsResult
 from .scores import training_dynamics as score_training_run
 from .training import as_tensor
-from .training_dynamics_config import TrainingDynamicsConfig, model_spec
+from .training_dynamics_config import TrainingDynamicsConfig
 
 
 def training_dynamics(

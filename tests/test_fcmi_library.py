@@ -13,6 +13,7 @@ import pytest
 
 import infoscore
 from infoscore import fcmi
+from infoscore.config_checks import DEFAULT_MODEL
 from infoscore.data import make_gaussians
 from infoscore.errors import Cancelled, InvalidInputError
 from tests.runner_helpers import make_context
@@ -174,7 +175,7 @@ def test_default_model_is_the_registry_mlp() -> None:
     ds = make_gaussians(n=40, dim=3, classes=2, seed=0)
     config = infoscore.FcmiConfig(n=(4,), k1=1, k2=2, epochs=1, batch_size=4)
     result = infoscore.fcmi_bound(ds, None, config, device="cpu")
-    assert result.settings["model"] == fcmi.DEFAULT_MODEL
+    assert result.settings["model"] == DEFAULT_MODEL
     assert result.summary()["results"][0]["units"] == 2
     assert math.isfinite(result.summary()["bias_estimate"])
 
