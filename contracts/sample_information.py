@@ -15,18 +15,22 @@ from .common import Optimizer, Strict
 Kind = Literal["sample-information"]  # the kind's one spelling; contracts.jobs builds on it
 KIND: str = get_args(Kind)[0]
 
-Measure = Literal["weights", "predictions", "weights_full", "weights_full_linearized"]
-Method = Literal["exact", "projected"]
-ProjectionKind = Literal["rademacher", "gaussian"]
-TimeMode = Literal["discrete", "continuous"]
-LooLambda = Literal["same", "rescaled"]
-GroundTruthReference = Literal["network", "linearized"]
-LinearizeAtName = Literal["init", "trained"]
+# The strategy values are the library config's (a torch-free module): spelled once.
+from infoscore.sample_information_config import (  # noqa: E402
+    TRAIN_FIELDS,
+    GroundTruthReference,
+    LinearizeAtName,
+    LooLambda,
+    Measure,
+    Method,
+    ProjectionKind,
+    TimeMode,
+)
+
 JOB_ID_PATTERN = r"^job_[0-9a-f]{24}$"
 CHECKPOINT_ARTIFACT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,115}\.safetensors$"
 # delta_f (n, m, k) float32 is built in worker memory and written as one npz artifact.
 MAX_DELTA_F_BYTES = 1 << 30
-TRAIN_FIELDS = ("train_epochs", "train_lr", "train_batch_size", "train_optimizer")
 
 
 class CheckpointRef(Strict):

@@ -18,10 +18,10 @@ from .config_checks import is_int, is_real
 from .errors import invalid
 from .training_dynamics_config import Optimizer
 
-# Strategy values. The same Literals as the job's contract (contracts.sample_information)
-# and the tensor-level core's tuples (sample_info.MEASURES, linearized.TIME_MODES, ...):
-# tests/test_library_api.py keeps the three in step. Spelled here so that the config
-# imports without torch.
+# Strategy values, spelled once: the job's contract (contracts.sample_information) imports
+# them from here; the tensor-level core's tuples (sample_info.MEASURES,
+# linearized.TIME_MODES, ...) are kept in step by tests/test_library_api_td_si.py. Here so
+# that the config imports without torch.
 Measure = Literal["weights", "predictions", "weights_full", "weights_full_linearized"]
 Method = Literal["exact", "projected"]
 ProjectionKind = Literal["rademacher", "gaussian"]
