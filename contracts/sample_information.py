@@ -10,13 +10,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from .common import Optimizer, Strict
-
-Kind = Literal["sample-information"]  # the kind's one spelling; contracts.jobs builds on it
-KIND: str = get_args(Kind)[0]
-
-# The strategy values are the library config's (a torch-free module): spelled once.
-from infoscore.sample_information_config import (  # noqa: E402
+from infoscore.sample_information_config import (  # the strategy values, spelled once (torch-free)
     TRAIN_FIELDS,
     GroundTruthReference,
     LinearizeAtName,
@@ -26,6 +20,11 @@ from infoscore.sample_information_config import (  # noqa: E402
     ProjectionKind,
     TimeMode,
 )
+
+from .common import Optimizer, Strict
+
+Kind = Literal["sample-information"]  # the kind's one spelling; contracts.jobs builds on it
+KIND: str = get_args(Kind)[0]
 
 JOB_ID_PATTERN = r"^job_[0-9a-f]{24}$"
 CHECKPOINT_ARTIFACT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,115}\.safetensors$"
