@@ -59,6 +59,13 @@ def problem_response(
     )
 
 
+def error_response(exc: ProblemError, instance: str | None) -> JSONResponse:
+    """The problem+json answer of a raised :class:`ProblemError`."""
+    return problem_response(
+        exc.status, exc.detail, instance=instance, headers=exc.headers, type_=exc.type_, **exc.extra
+    )
+
+
 def _loc(err: dict[str, Any]) -> str:
     # Union branch labels (pydantic's "tagged-union[...]", "constrained-str") are noise to a user.
     parts = [
@@ -97,14 +104,7 @@ def _message(request: Request, err: dict[str, Any]) -> str:
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(
-            exc.status,
-            exc.detail,
-            instance=request.url.path,
-            headers=exc.headers,
-            type_=exc.type_,
-            **exc.extra,
-        )
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
