@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.estimate import DatasetFacts, Estimate, Shape, builtin_shape, dataset_checks, estimate
-from contracts.jobs import JobRequest, request_fingerprint
+from contracts.jobs import JOB_KINDS, JobRequest, request_fingerprint
 from contracts.problems import TYPE_BASE, problem
 from contracts.records import TERMINAL_STATES, JobState
 from store.db import ActiveJobLimit
@@ -222,6 +222,14 @@ def _check_limits(gw: Gateway, est: Estimate) -> None:
             type_="too-slow",
             limit=gw.settings.job_time_limit,
             estimate=est.as_dict(),
+        )
+
+
+def check_kind_filter(kind: str | None) -> None:
+    """A job list's ``kind`` filter names a job kind (422 listing them otherwise)."""
+    if kind is not None and kind not in JOB_KINDS:
+        raise ProblemError(
+            422, f"The 'kind' filter must be one of {list(JOB_KINDS)}. Got {kind!r}.", type_="bad-filter"
         )
 
 

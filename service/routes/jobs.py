@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 
-from contracts.jobs import JOB_KINDS, JobRequest
+from contracts.jobs import JobRequest
 from contracts.records import JobList, JobRecord, JobState, ResultPage
 from store.artifacts import regular_file, valid_artifact_name
 
@@ -50,10 +50,7 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> JobList:
-    if kind is not None and kind not in JOB_KINDS:
-        raise ProblemError(
-            422, f"The 'kind' filter must be one of {list(JOB_KINDS)}. Got {kind!r}.", type_="bad-filter"
-        )
+    service.check_kind_filter(kind)
     before = time_cursor(cursor)
     rows = gw.store.list_jobs(
         tenant=tenant, state=state.value if state else None, kind=kind, limit=limit + 1, before=before

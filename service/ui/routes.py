@@ -24,6 +24,7 @@ from contracts.records import TERMINAL_STATES, JobState
 
 from ..auth import KEY_COOKIE, authenticate_page
 from ..errors import ProblemError
+from ..jobs import check_kind_filter, get_job_or_404
 from ..paging import encode_cursor, time_cursor, time_page
 from ..results import MEDIA_TYPES, check_sort, load_table, sort_table
 from . import images, plots, views
@@ -85,11 +86,7 @@ def _auth_mode(request: Request) -> str:
 
 
 def _job(request: Request, job_id: str, tenant: str) -> dict[str, Any]:
-    gw = _gateway(request)
-    job = gw.store.get_job(job_id, tenant) if len(job_id) < 64 else None
-    if job is None:
-        raise ProblemError(404, f"No job with id {job_id!r}.", type_="not-found")
-    return dict(job)
+    return get_job_or_404(_gateway(request), job_id, tenant)
 
 
 def _table(request: Request, job: dict[str, Any]) -> Any:
@@ -234,8 +231,7 @@ def jobs_page(
             raise ProblemError(
                 422, f"The 'state' filter must be one of {[s.value for s in JobState]}. Got {state!r}."
             )
-        if kind is not None and kind not in JOB_KINDS:
-            raise ProblemError(422, f"The 'kind' filter must be one of {list(JOB_KINDS)}. Got {kind!r}.")
+        check_kind_filter(kind)
         # The name filter is applied to the fetched page (the store filters by state and kind).
         rows = _gateway(request).store.list_jobs(
             tenant=tenant, state=state, kind=kind, limit=limit + 1, before=time_cursor(cursor)
