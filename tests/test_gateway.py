@@ -170,3 +170,44 @@ def test_errors_are_built_by_problem_and_states_come_from_contracts() -> None:
                 if len(named) >= 2:
                     spelled_states.append(f"{where}:{node.lineno}")
     assert hand_built == [] and spelled_states == []
+
+
+def test_one_sort_rule_for_the_api_and_the_ui() -> None:
+    import pandas as pd
+
+    from service.results import check_sort, sort_table
+
+    table = pd.DataFrame(
+        {"index": range(6), "forgetting_events": [3, 0, 1, 0, 2, 5], "never_learned": [0, 1, 0, 1, 0, 0]}
+    )
+    ranked = sort_table(table, "forgetting_events", "desc")
+    assert ranked["index"].tolist() == [1, 3, 5, 0, 4, 2]  # never-learned first, then most forgotten
+    assert sort_table(table, None, "asc") is table
+    with pytest.raises(ProblemError) as typo:
+        check_sort("forgeting_events", table, "training-dynamics")
+    assert (
+        typo.value.status == 422
+        and typo.value.type_ == "bad-sort"
+        and "forgetting_events" in typo.value.detail
+    )
+    with pytest.raises(ProblemError) as no_table:
+        check_sort("x", None, "limit")
+    assert "a limit job has no per-sample table" in no_table.value.detail
+    ui = (SERVICE / "ui" / "routes.py").read_text()
+    assert "sort_table(" in ui and "sort_values(" not in ui
+
+
+def test_time_cursors_round_trip_and_refuse_foreign_ones() -> None:
+    from datetime import datetime
+
+    from service.paging import encode_cursor, time_cursor, time_page
+
+    rows = [{"id": f"j{i}", "created_at": datetime(2026, 1, 1, 0, 0, i)} for i in range(5, 0, -1)]
+    page, cursor = time_page(rows, 3)
+    assert [r["id"] for r in page] == ["j5", "j4", "j3"] and cursor is not None
+    assert time_cursor(cursor) == (datetime(2026, 1, 1, 0, 0, 3), "j3")
+    assert time_page(rows, 5) == (rows, None) and time_cursor(None) is None
+    for bad in ("not-a-cursor!", encode_cursor({"offset": 3})):
+        with pytest.raises(ProblemError) as refused:
+            time_cursor(bad)
+        assert refused.value.status == 400 and refused.value.type_ == "bad-cursor"
