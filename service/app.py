@@ -13,12 +13,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from store.settings import ServiceSettings
 
 from . import metrics
-from .errors import BodyLimitMiddleware, ProblemError, error_response, install_handlers
+from .errors import BodyLimitMiddleware, ProblemError, TrustedHosts, error_response, install_handlers
 from .gateway import Gateway, authenticate_or_throttle
 from .routes import ROUTERS
 from .routes.docs import install_docs
@@ -79,7 +78,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     if hosts != ["*"]:
         # Without keys the API trusts whoever reaches it on loopback; refusing foreign Host
         # headers keeps a web page's DNS-rebinding trick from reaching it through a browser.
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
+        app.add_middleware(TrustedHosts, allowed_hosts=hosts)
     app.add_middleware(metrics.MetricsMiddleware)
     for router in ROUTERS:
         app.include_router(router)

@@ -211,3 +211,24 @@ def test_time_cursors_round_trip_and_refuse_foreign_ones() -> None:
         with pytest.raises(ProblemError) as refused:
             time_cursor(bad)
         assert refused.value.status == 400 and refused.value.type_ == "bad-cursor"
+
+
+def test_a_foreign_host_header_is_refused_with_problem_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    monkeypatch.delenv("INFOSCORE_ALLOWED_HOSTS", raising=False)
+    settings = ServiceSettings(data_dir=tmp_path / "data", broker_url="redis://127.0.0.1:9/0", auth="off")
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        refused = client.get("/healthz", headers={"Host": "evil.example"})
+        assert refused.status_code == 400
+        assert refused.headers["content-type"] == "application/problem+json"
+        body = refused.json()
+        assert (
+            body["type"].endswith("/invalid-host") and body["status"] == 400 and "localhost" in body["detail"]
+        )
+        assert body["instance"] == "/healthz"
