@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobState(StrEnum):
@@ -41,6 +41,13 @@ class Problem(BaseModel):
 
 
 class JobRecord(BaseModel):
+    """A job as the API serves it. The one conversion is ``JobRecord.model_validate(job)``
+    of the store's job dict (``store.db.JobStore.get_job`` and friends), whose keys are
+    these fields plus store-only ones (tenant, fingerprint, worker, heartbeat_at, ...) that
+    are ignored here."""
+
+    model_config = ConfigDict(extra="ignore")
+
     id: str
     kind: str
     state: JobState

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from .client import TERMINAL
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 app = typer.Typer(
     add_completion=False,
@@ -269,7 +271,7 @@ class ProgressBar:
         else:
             bar, count = "." * self.width, "-"
         eta = "?"
-        if state in ("succeeded", "failed", "cancelled"):
+        if state in TERMINAL:
             eta = "0:00"
         elif total > 0 and done > 0:
             if self.first_done is None:
@@ -281,7 +283,7 @@ class ProgressBar:
 
     def __call__(self, job: dict[str, Any]) -> None:
         text = self.line(job)
-        final = job["state"] in ("succeeded", "failed", "cancelled")
+        final = job["state"] in TERMINAL
         if self.tty:
             self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
             self.stream.flush()

@@ -19,7 +19,9 @@ from typing import Any
 
 import httpx
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+from contracts.records import TERMINAL_STATES
+
+TERMINAL = frozenset(str(state) for state in TERMINAL_STATES)
 
 
 class InfoscoreAPIError(Exception):

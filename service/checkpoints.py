@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from contracts.common import ModelSpec
 from contracts.estimate import Estimate
+from contracts.records import JobState
 
 from .errors import ProblemError
 
@@ -68,7 +69,7 @@ def check_checkpoint_ref(gw: Any, job: Any, tenant: str, est: Estimate) -> None:
             f"The 'linearize_at' checkpoint names job {ref.job!r}, which does not exist for this tenant.",
             "unknown-checkpoint",
         )
-    if source["state"] != "succeeded":
+    if source["state"] != JobState.succeeded:
         raise _refuse(f"The 'linearize_at' checkpoint's job {ref.job!r} is {source['state']}, not succeeded.")
     if ref.artifact not in (source.get("artifacts") or []):
         raise _refuse(

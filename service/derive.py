@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 
 from contracts.label_issues import DECISIONS_ARTIFACT, KIND, SOURCE_ARTIFACT, DeriveRequest
+from contracts.records import JobState
 
+from .datasets import check_storage_quota
 from .errors import ProblemError
+from .gateway import Gateway
 
 DERIVED_FORMAT = "derived"
 
@@ -28,7 +31,9 @@ def _refuse(detail: str, **extra: Any) -> ProblemError:
     return ProblemError(409, detail, type_="not-derivable", field="job", **extra)
 
 
-def _source_arrays(gw: Any, job: dict[str, Any], tenant: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _source_arrays(
+    gw: Gateway, job: dict[str, Any], tenant: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(arrays of the source dataset, its record or {} for a built-in)."""
     ref = job["request"]["dataset"]
     if isinstance(ref, str):
@@ -45,7 +50,9 @@ def _source_arrays(gw: Any, job: dict[str, Any], tenant: str) -> tuple[dict[str,
         return {key: z[key] for key in z.files}, record
 
 
-def _read_decisions(gw: Any, job_id: str, n: int, names: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_decisions(
+    gw: Gateway, job_id: str, n: int, names: list[str] | None
+) -> tuple[np.ndarray, np.ndarray]:
     """(action (n,) str, new_label (n,) int64, -1 where none) from decisions.csv."""
     import pandas as pd
 
@@ -91,7 +98,7 @@ def _write_npz(arrays: dict[str, np.ndarray], final_dir: Path, tmp_dir: Path) ->
     return digest, tmp.stat().st_size, tmp
 
 
-def derive_dataset(gw: Any, request: DeriveRequest, tenant: str) -> tuple[dict[str, Any], bool]:
+def derive_dataset(gw: Gateway, request: DeriveRequest, tenant: str) -> tuple[dict[str, Any], bool]:
     """Store the derived dataset; returns (its record, created). Refuses (409) unless
     ``request.job`` is a succeeded label-issues job of ``tenant``: a job of another tenant
     gets the same answer as a missing one, so job ids do not leak across tenants."""
@@ -102,7 +109,7 @@ def derive_dataset(gw: Any, request: DeriveRequest, tenant: str) -> tuple[dict[s
         )
     if job["kind"] != KIND:
         raise _refuse(f"Job {request.job} is a {job['kind']} job; only {KIND} jobs can be derived from.")
-    if job["state"] != "succeeded":
+    if job["state"] != JobState.succeeded:
         raise _refuse(
             f"Job {request.job} is {job['state']}; a dataset can be derived once it has succeeded.",
             state=job["state"],
@@ -141,9 +148,7 @@ def derive_dataset(gw: Any, request: DeriveRequest, tenant: str) -> tuple[dict[s
         final = gw.artifacts.dataset_path(dataset_id)
         if existing is not None and final.exists():
             return existing, False
-        from .app import _check_storage_quota  # the same per-tenant quota as uploads
-
-        _check_storage_quota(gw, tenant, size)
+        check_storage_quota(gw, tenant, size)  # the same per-tenant quota as uploads
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)  # the file first, then the row (as uploads do)
     finally:
@@ -173,7 +178,7 @@ def derive_dataset(gw: Any, request: DeriveRequest, tenant: str) -> tuple[dict[s
     return gw.store.add_dataset(record, tenant), True
 
 
-def _suggested_labels(gw: Any, job_id: str, n: int, names: list[str] | None) -> np.ndarray:
+def _suggested_labels(gw: Gateway, job_id: str, n: int, names: list[str] | None) -> np.ndarray:
     import pandas as pd
 
     path = gw.artifacts.artifact_path(job_id, "scores.parquet")

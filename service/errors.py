@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.problems import PROBLEM_MEDIA_TYPE, problem
@@ -59,6 +60,13 @@ def problem_response(
     )
 
 
+def error_response(exc: ProblemError, instance: str | None) -> JSONResponse:
+    """The problem+json answer of a raised :class:`ProblemError`."""
+    return problem_response(
+        exc.status, exc.detail, instance=instance, headers=exc.headers, type_=exc.type_, **exc.extra
+    )
+
+
 def _loc(err: dict[str, Any]) -> str:
     # Union branch labels (pydantic's "tagged-union[...]", "constrained-str") are noise to a user.
     parts = [
@@ -97,14 +105,7 @@ def _message(request: Request, err: dict[str, Any]) -> str:
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(
-            exc.status,
-            exc.detail,
-            instance=request.url.path,
-            headers=exc.headers,
-            type_=exc.type_,
-            **exc.extra,
-        )
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -292,3 +293,39 @@ def _too_slow_response(min_rate: float, path: str) -> JSONResponse:
         type_="body-too-slow",
         headers={"Connection": "close"},
     )
+
+
+_HOST_ALLOWED = "infoscore.host_allowed"
+
+
+class TrustedHosts:
+    """Starlette's TrustedHostMiddleware (it decides), with its refusal answered as
+    problem+json like every other error instead of its plain-text 400."""
+
+    def __init__(self, app: ASGIApp, *, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.allowed_hosts = list(allowed_hosts)
+        self.guard = TrustedHostMiddleware(
+            self._allowed, allowed_hosts=self.allowed_hosts, www_redirect=False
+        )
+
+    async def _allowed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[_HOST_ALLOWED] = True
+        await self.app(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def answer(message: Message) -> None:
+            if scope.get(_HOST_ALLOWED):
+                await send(message)
+            elif message["type"] == "http.response.start":
+                refusal = problem_response(
+                    400,
+                    f"This server does not answer for the Host header given; it serves {self.allowed_hosts} "
+                    "(INFOSCORE_ALLOWED_HOSTS).",
+                    instance=scope.get("path"),
+                    type_="invalid-host",
+                )
+                await refusal(scope, receive, send)
+            # (the refusal's own plain-text body is dropped)
+
+        await self.guard(scope, receive, answer)

@@ -807,6 +807,8 @@ def _dataset_dict(row: DatasetRow) -> dict[str, Any]:
 
 
 def _job_dict(row: JobRow) -> dict[str, Any]:
+    """The job as a dict: the fields of contracts.records.JobRecord, which the API
+    validates from it as is, plus the store's own (tenant, fingerprint, worker, ...)."""
     return {
         "id": row.id,
         "tenant": row.tenant,

@@ -351,7 +351,7 @@ def test_readyz_checks_the_broker_one_at_a_time(api: Any, monkeypatch: pytest.Mo
     import threading
     import time
 
-    import service.app as app_module
+    import service.routes.health as app_module
 
     inside = 0
     most = 0

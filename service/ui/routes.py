@@ -24,6 +24,9 @@ from contracts.records import TERMINAL_STATES, JobState
 
 from ..auth import KEY_COOKIE, authenticate_page
 from ..errors import ProblemError
+from ..jobs import check_kind_filter, get_job_or_404
+from ..paging import encode_cursor, time_cursor, time_page
+from ..results import MEDIA_TYPES, check_sort, load_table, sort_table
 from . import images, plots, views
 
 HERE = Path(__file__).resolve().parent
@@ -83,19 +86,13 @@ def _auth_mode(request: Request) -> str:
 
 
 def _job(request: Request, job_id: str, tenant: str) -> dict[str, Any]:
-    gw = _gateway(request)
-    job = gw.store.get_job(job_id, tenant) if len(job_id) < 64 else None
-    if job is None:
-        raise ProblemError(404, f"No job with id {job_id!r}.", type_="not-found")
-    return dict(job)
+    return get_job_or_404(_gateway(request), job_id, tenant)
 
 
 def _table(request: Request, job: dict[str, Any]) -> Any:
-    from ..app import _load_table
-
-    if job["state"] != JobState.succeeded.value:
+    if job["state"] != JobState.succeeded:
         return None
-    return _load_table(_gateway(request), job["id"])
+    return load_table(_gateway(request), job["id"])
 
 
 def _image_shape(request: Request, job: dict[str, Any], tenant: str) -> list[int] | None:
@@ -226,8 +223,6 @@ def jobs_page(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
-    from ..app import _decode_cursor, _encode_cursor
-
     try:
         tenant = _tenant(request, authorization, cookie_key)
         state = state or None
@@ -236,29 +231,18 @@ def jobs_page(
             raise ProblemError(
                 422, f"The 'state' filter must be one of {[s.value for s in JobState]}. Got {state!r}."
             )
-        if kind is not None and kind not in JOB_KINDS:
-            raise ProblemError(422, f"The 'kind' filter must be one of {list(JOB_KINDS)}. Got {kind!r}.")
-        before = None
-        if cursor:
-            from datetime import datetime
-
-            c = _decode_cursor(cursor)
-            try:
-                before = (datetime.fromisoformat(c["t"]).replace(tzinfo=None), str(c["id"]))
-            except Exception as exc:
-                raise ProblemError(400, "The 'cursor' parameter is malformed.") from exc
+        check_kind_filter(kind)
         # The name filter is applied to the fetched page (the store filters by state and kind).
         rows = _gateway(request).store.list_jobs(
-            tenant=tenant, state=state, kind=kind, limit=limit + 1, before=before
+            tenant=tenant, state=state, kind=kind, limit=limit + 1, before=time_cursor(cursor)
         )
+        rows, next_cursor = time_page(rows, limit)
         next_url = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            last = rows[-1]
+        if next_cursor is not None:
             params = {
                 k: v for k, v in {"state": state, "kind": kind, "name": name, "limit": limit}.items() if v
             }
-            params["cursor"] = _encode_cursor({"t": last["created_at"].isoformat(), "id": last["id"]})
+            params["cursor"] = next_cursor
             next_url = f"/ui/jobs?{urlencode(params)}"
         if name:
             rows = [r for r in rows if name.lower() in (r["name"] or "").lower()]
@@ -293,13 +277,11 @@ def jobs_page(
 
 def _result_url(job_id: str, sort: str | None, order: str, limit: int, offset: int) -> str:
     """The API call (GET /v1/jobs/{id}/result) that answers the same rows as the page."""
-    from ..app import _encode_cursor
-
     params: dict[str, Any] = {"order": order, "limit": limit}
     if sort:
         params["sort"] = sort
     if offset:
-        params["cursor"] = _encode_cursor({"sort": sort, "order": order, "offset": offset})
+        params["cursor"] = encode_cursor({"sort": sort, "order": order, "offset": offset})
     return f"/v1/jobs/{job_id}/result?{urlencode(params)}"
 
 
@@ -327,13 +309,10 @@ def job_page(
         image_like = _has_pixels(request, job, tenant)
         if table is not None and len(table.columns):
             columns = [str(c) for c in table.columns]
-            if sort is not None and sort not in columns:
-                raise ProblemError(422, f"The 'sort' parameter must be one of {columns}. Got {sort!r}.")
+            check_sort(sort, table, job["kind"])
             sort_by, default_order = (sort, "desc") if sort else views.default_sort(job["kind"], columns)
             order = order or default_order
-            ordered = (
-                table.sort_values(sort_by, ascending=(order == "asc"), kind="stable") if sort_by else table
-            )
+            ordered = sort_table(table, sort_by, order)
             chunk = ordered.iloc[offset : offset + rows]
             body = json.loads(chunk.to_json(orient="records"))
 
@@ -434,8 +413,6 @@ def job_sample(
 def job_file(
     request: Request, job_id: str, name: str, authorization: AuthHeader = None, cookie_key: CookieKey = None
 ) -> Response:
-    from ..app import MEDIA_TYPES
-
     tenant = _tenant(request, authorization, cookie_key)
     _job(request, job_id, tenant)
     gw = _gateway(request)
