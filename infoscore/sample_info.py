@@ -935,12 +935,112 @@ def sample_information(
 
     Everything stays on the model's device until the result is returned.
     progress(done, total) counts stages: Jacobians of x_train, the LOO, held-out Jacobians.
+    The two routes are :func:`_exact_route` (Θ in full) and :func:`_projected_route`
+    (features Φ = J R); everything they share is in :class:`_SiRun`.
     """
     n = int(x_train.shape[0])
     p = parameter_count(model)
+    m = 0 if x_eval is None else int(x_eval.shape[0])
     _check_params(
         n, k, t, lr, l2, l2_auto_scale, sigma, measures, method, projection_dim, projection, time, loo_lambda
     )
+    _check_request(
+        n=n, k=k, p=p, m=m, y_train=y_train, x_eval=x_eval, t=t, measures=measures, method=method,
+        projection_dim=projection_dim, time=time, max_exact_nk=max_exact_nk, max_full_p=max_full_p,
+        max_finite_t_cost=max_finite_t_cost, weights_full_jitter=weights_full_jitter, delta_f=delta_f,
+        max_delta_f_bytes=max_delta_f_bytes, kernel_method=kernel_method,
+        projection_structure=projection_structure,
+    )  # fmt: skip
+    if l2_auto_scale is None:
+        l2_auto_scale = DEFAULT_L2_AUTO_SCALE[method]
+    eta, _ = sum_form(n, lr, 0.0)
+    eta_loo, _ = loo_sum_form(n, lr, 0.0)
+    n_eval_units = m if ("predictions" in measures or y_eval is not None or delta_f) else 0
+    stages = _Stages(total=n + n + n_eval_units, progress=progress)
+
+    tic = _time.perf_counter()
+    f0_train = _logits64(model, x_train)
+    y_dev = y_train.to(f0_train.device).long()
+    targets = one_hot(y_dev, k)  # (n, k) on the device
+    if f0_train.shape[1] != k:
+        raise invalid("k", "sample_information", f"the model's output width {f0_train.shape[1]}", k)
+    info: dict[str, Any] = {
+        "n": n,
+        "k": k,
+        "p": p,
+        "m": m,
+        "t": t,
+        "lr": lr,
+        "eta": eta,
+        "time": time,
+        "method": method,
+        "loo_lambda": loo_lambda,
+        "sigma": sigma,
+        "units": "nats",
+    }
+    run = _SiRun(
+        model=model, x_train=x_train, x_eval=x_eval if n_eval_units else None, n=n, k=k, m=m, t=t, lr=lr,
+        l2=l2, l2_auto_scale=l2_auto_scale, eta=eta, eta_loo=eta_loo, loo_lambda=loo_lambda, time=time,
+        measures=tuple(measures), batch_size=batch_size, weights_full_jitter=weights_full_jitter,
+        delta_f=delta_f, should_stop=should_stop, f0_train=f0_train, targets=targets,
+        r0=f0_train.reshape(-1) - targets.reshape(-1), stages=stages, info=info, timings={}, started=tic,
+    )  # fmt: skip
+    if method == "exact":
+        out = _exact_route(run, kernel_method)
+    else:
+        out = _projected_route(run, projection_dim, projection, projection_structure, seed)
+
+    info.update(
+        l2=out.lam / n, lam=out.lam, lam_loo=out.lam_loo, l2_auto=l2 is None, l2_auto_scale=l2_auto_scale
+    )
+    if run.want_full or run.want_full_lin:
+        info["weights_full_jitter"] = weights_full_jitter
+        info["weights_full_space"] = "weights" if method == "exact" else "projection"
+    info["cond_A"] = info["eig_max"] / info["eig_min"] if info["eig_min"] > 0 else math.inf
+    train_accuracy = _accuracy(out.train_logits, y_dev)
+    test_accuracy = math.nan if out.eval_logits is None else _accuracy(out.eval_logits, y_eval)
+    scale = 1.0 / (2.0 * sigma**2)
+    info["timings"] = run.timings
+
+    def host(x: Tensor | None, factor: float = 1.0) -> np.ndarray | None:
+        return None if x is None else (x * factor).cpu().numpy()
+
+    return SampleInformation(
+        si_weights=host(out.sq_weights, scale) if "weights" in measures else None,
+        si_predictions=host(out.sq_pred, scale),
+        si_weights_full=host(out.full_scores),
+        train_accuracy=train_accuracy,
+        test_accuracy=test_accuracy,
+        info=info,
+        si_weights_full_linearized=host(out.full_lin_scores),
+        delta_f=None if out.delta_f is None else out.delta_f.cpu().numpy(),
+    )
+
+
+def _check_request(
+    *,
+    n: int,
+    k: int,
+    p: int,
+    m: int,
+    y_train: Tensor,
+    x_eval: Tensor | None,
+    t: int | None,
+    measures: Sequence[str],
+    method: str,
+    projection_dim: int,
+    time: str,
+    max_exact_nk: int,
+    max_full_p: int,
+    max_finite_t_cost: float | None,
+    weights_full_jitter: float,
+    delta_f: bool,
+    max_delta_f_bytes: int,
+    kernel_method: str,
+    projection_structure: str,
+) -> None:
+    """The checks of :func:`sample_information` beyond :func:`_check_params`: options, shapes
+    and the size limits (all before any Jacobian)."""
     caller = "sample_information"
     if not (
         isinstance(weights_full_jitter, int | float)
@@ -961,7 +1061,6 @@ def sample_information(
         raise invalid("x_eval", caller, "held-out inputs when 'predictions' is measured", None)
     if delta_f and x_eval is None:
         raise invalid("x_eval", caller, "held-out inputs when delta_f is requested", None)
-    m = 0 if x_eval is None else int(x_eval.shape[0])
     big_n = n * k
     if delta_f and 4 * n * m * k > max_delta_f_bytes:
         raise InvalidInputError(
@@ -987,289 +1086,367 @@ def sample_information(
             param="measures",
         )
     if t is not None and max_finite_t_cost is not None:
-        reason = finite_t_refusal(n, k, t, method, projection_dim, time, max_finite_t_cost)
+        reason = finite_t_refusal(n, k, t, method, projection_dim, time, max_finite_t_cost)  # type: ignore[arg-type]
         if reason is not None:
             raise InvalidInputError(reason, param="t")
-    if l2_auto_scale is None:
-        l2_auto_scale = DEFAULT_L2_AUTO_SCALE[method]
-    eta, _ = sum_form(n, lr, 0.0)
-    eta_loo, _ = loo_sum_form(n, lr, 0.0)
-    timings: dict[str, float] = {}
-    n_eval_units = m if ("predictions" in measures or y_eval is not None or delta_f) else 0
-    total = n + n + n_eval_units
-    done = [0]
 
-    def stage_progress(offset: int) -> ProgressFn:
+
+@dataclass
+class _Stages:
+    """Progress of :func:`sample_information` in units: Jacobians of x_train (n), the LOO
+    (n, whatever its own steps), held-out evaluation (m when evaluated)."""
+
+    total: int
+    progress: ProgressFn | None
+    done: int = 0
+
+    def at(self, offset: int) -> ProgressFn:
         def report(i: int, _total: int) -> None:
-            done[0] = offset + i
-            if progress is not None:
-                progress(done[0], total)
+            self.done = offset + i
+            if self.progress is not None:
+                self.progress(self.done, self.total)
 
         return report
 
-    def loo_progress(i: int, total_i: int) -> None:  # the LOO stage counts n units whatever its steps
-        stage_progress(n)(round(n * i / max(total_i, 1)), n)
+    def loo(self, n: int) -> ProgressFn:
+        def report(i: int, total_i: int) -> None:
+            self.at(n)(round(n * i / max(total_i, 1)), n)
 
-    tic = _time.perf_counter()
-    f0_train = _logits64(model, x_train)
-    dev = f0_train.device
-    y_dev = y_train.to(dev).long()
-    targets = one_hot(y_dev, k)  # (n, k) on the device
-    if f0_train.shape[1] != k:
-        raise invalid("k", caller, f"the model's output width {f0_train.shape[1]}", k)
-    r0 = f0_train.reshape(-1) - targets.reshape(-1)
-    info: dict[str, Any] = {
-        "n": n,
-        "k": k,
-        "p": p,
-        "m": m,
-        "t": t,
-        "lr": lr,
-        "eta": eta,
-        "time": time,
-        "method": method,
-        "loo_lambda": loo_lambda,
-        "sigma": sigma,
-        "units": "nats",
-    }
-    want_full = "weights_full" in measures
-    want_full_lin = "weights_full_linearized" in measures
-    dw_cols: Tensor | None = None  # (p or d, n+1): columns −Δw_i ... and the full run's w_t − w₀
-    features_eval: Tensor | None = None
+        return report
+
+
+@dataclass
+class _SiRun:
+    """The checked request and the state both routes of :func:`sample_information` share."""
+
+    model: nn.Module
+    x_train: Tensor
+    x_eval: Tensor | None  # None when nothing is evaluated on held-out inputs
+    n: int
+    k: int
+    m: int
+    t: int | None
+    lr: float
+    l2: float | None
+    l2_auto_scale: float
+    eta: float
+    eta_loo: float
+    loo_lambda: LooLambda
+    time: TimeMode
+    measures: tuple[str, ...]
+    batch_size: int
+    weights_full_jitter: float
+    delta_f: bool
+    should_stop: StopFn | None
+    f0_train: Tensor  # (n, k) float64 logits at w₀
+    targets: Tensor  # (n, k) one-hot
+    r0: Tensor  # (nk,) f₀(X) − Y
+    stages: _Stages
+    info: dict[str, Any]
+    timings: dict[str, float]
+    started: float  # perf_counter at the start of the first stage
+
+    @property
+    def want_full(self) -> bool:
+        return "weights_full" in self.measures
+
+    @property
+    def want_full_lin(self) -> bool:
+        return "weights_full_linearized" in self.measures
+
+    def ridges(self, trace: float) -> tuple[float, float]:
+        """λ of the full run (from tr Θ when ``l2`` is None) and λ of the leave-one-out runs."""
+        lam = _resolve_lambda(self.l2, self.l2_auto_scale, trace, self.n, self.k)
+        _, lam_loo = loo_sum_form(self.n, self.lr, lam / self.n, self.loo_lambda)
+        return lam, lam_loo
+
+    def start_eval(self) -> tuple[Tensor, Tensor | None, ProgressFn]:
+        """f₀(X') (m, k) float64, the Δf buffer when asked (n, m, k) float32, the progress."""
+        assert self.x_eval is not None
+        f0_eval = _logits64(self.model, self.x_eval)
+        delta_f_out = (
+            torch.empty((self.n, self.m, self.k), dtype=torch.float32, device=f0_eval.device)
+            if self.delta_f
+            else None
+        )
+        return f0_eval, delta_f_out, self.stages.at(2 * self.n)
+
+
+@dataclass
+class _SiOutcome:
+    """What a route of :func:`sample_information` computed (tensors on the job's device)."""
+
+    lam: float
+    lam_loo: float
     sq_weights: Tensor
+    train_logits: Tensor
     sq_pred: Tensor | None = None
     full_scores: Tensor | None = None
     full_lin_scores: Tensor | None = None
-    delta_f_out: Tensor | None = None
+    eval_logits: Tensor | None = None
+    delta_f: Tensor | None = None
 
-    if method == "exact":
-        # Θ from per-layer factors (structured) unless the model needs the J Jᵀ reference.
-        info["kernel_method"] = resolve_kernel_method(model, kernel_method)
-        theta = ntk_gram(
-            model, x_train, kernel="full", batch_size=batch_size, should_stop=should_stop,
-            method=info["kernel_method"],
-        )  # fmt: skip
-        stage_progress(0)(n, n)
-        timings["kernel_s"] = _time.perf_counter() - tic
-        tic = _time.perf_counter()
-        lam = _resolve_lambda(l2, l2_auto_scale, float(torch.trace(theta)), n, k)
-        l2_eff = lam / n
-        _, lam_loo = loo_sum_form(n, lr, l2_eff, loo_lambda)  # type: ignore[arg-type]
-        r0 = r0.to(theta.device)
-        if t is None:
-            res = loo_infinite(theta, r0, k=k, lam=lam, lam_loo=lam_loo)
-        else:
-            route = choose_finite_t_route(n, k, t, time)
-            info["finite_t_route"] = route
-            res = loo_finite(
-                theta, r0, k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
-                time=time, route=route,  # type: ignore[arg-type]
-                progress=loo_progress, should_stop=should_stop,
-            )  # fmt: skip
-        stage_progress(n)(n, n)
-        timings["loo_s"] = _time.perf_counter() - tic
-        sq_weights = res.sq_weight_change
-        train_logits = (f0_train.reshape(-1).to(theta.device) - theta @ res.u).reshape(n, k)
-        info.update(jitter=res.jitter, jitter_eps=res.jitter_eps, eig_min=res.eig_min, eig_max=res.eig_max)
-        del theta
-        if want_full or want_full_lin:  # p <= max_full_p: J is small here
-            tic = _time.perf_counter()
-            jac = per_sample_jacobians(model, x_train, batch_size=batch_size, should_stop=should_stop)
-            jac = jac.to(torch.float64).reshape(big_n, p).to(res.delta.device)
-            dw_cols = jac.T @ torch.cat([res.delta, res.u.reshape(-1, 1)], dim=1)  # (p, n+1)
-            hess = jac.T @ jac + (lam + res.jitter) * torch.eye(p, dtype=torch.float64, device=jac.device)
-            dw = dw_cols[:, :n].T
-            if want_full_lin:
-                resid = (train_logits - targets.to(train_logits.device)).reshape(n, k)  # f_t(X) − Y
-                grads = torch.einsum("ikp,ik->ip", jac.reshape(n, k, p), resid)
-                full_lin_scores = weights_full_scores(hess, grads, dw, rel_jitter=weights_full_jitter)
-            if want_full:
-                w_t = flat_parameters(model).to(torch.float64).to(jac.device) - dw_cols[:, n]
-                grads = torch.cat(
-                    [g.to(torch.float64) for _, g in per_sample_loss_gradients(
-                        model, w_t, x_train, targets, batch_size=batch_size, should_stop=should_stop
-                    )]
-                ).to(jac.device)  # fmt: skip
-                full_scores = weights_full_scores(hess, grads, dw, rel_jitter=weights_full_jitter)
-            timings["weights_full_s"] = _time.perf_counter() - tic
-            del jac, dw_cols
-        info["d"] = None
+
+def _exact_route(run: _SiRun, kernel_method: KernelMethod) -> _SiOutcome:
+    """Θ (nk x nk, float64) in full, the exact leave-one-out (t = ∞ or finite t), the
+    weight-space full-covariance scores when asked, F-SI from the cross kernel."""
+    model, x_train, n, k, info, timings = run.model, run.x_train, run.n, run.k, run.info, run.timings
+    # Θ from per-layer factors (structured) unless the model needs the J Jᵀ reference.
+    info["kernel_method"] = resolve_kernel_method(model, kernel_method)
+    theta = ntk_gram(
+        model, x_train, kernel="full", batch_size=run.batch_size, should_stop=run.should_stop,
+        method=info["kernel_method"],
+    )  # fmt: skip
+    run.stages.at(0)(n, n)
+    timings["kernel_s"] = _time.perf_counter() - run.started
+    tic = _time.perf_counter()
+    lam, lam_loo = run.ridges(float(torch.trace(theta)))
+    r0 = run.r0.to(theta.device)
+    if run.t is None:
+        res = loo_infinite(theta, r0, k=k, lam=lam, lam_loo=lam_loo)
     else:
-        # Kronecker-factored projection from per-layer factors (no per-sample gradient) when
-        # the model allows it; the dense per-sample projection of J chunks otherwise.
-        structure = projection_structure
-        if structure == "kronecker" and not structured_supported(model):
-            structure = "dense"
-        info["projection_structure"] = structure
-        phi: Tensor | FactoredFeatures
-        if structure == "kronecker":
-            # d split over layers by their share of tr Θ on the first samples (deterministic).
-            kron = KroneckerProjector(
-                model,
-                projection_dim,
-                kind=projection,  # type: ignore[arg-type]
-                seed=seed,
-                device=x_train.device,
-                weights=trace_shares(model, x_train[:512]),
-            )
-            d = kron.d
-            info["projection_layer_dims"] = [g.d for g in kron.groups]
-            phi = kronecker_features(
-                model, x_train, kron, batch_size=max(batch_size, 512), progress=stage_progress(0),
-                should_stop=should_stop,
-            )  # fmt: skip
-        else:
-            d = projection_dim
-            projector = projector_for(model, d, kind=projection, seed=seed, device=x_train.device)  # type: ignore[arg-type]
-            phi = projected_features(
-                model, x_train, projector, batch_size=batch_size, progress=stage_progress(0),
-                should_stop=should_stop,
-            ).reshape(big_n, d)  # fmt: skip
-        timings["projected_features_s"] = _time.perf_counter() - tic
-        pdev = phi.device
-        if x_eval is not None and n_eval_units:
-            tic = _time.perf_counter()
-            if structure == "kronecker":
-                features_eval = kronecker_features(
-                    model, x_eval, kron, batch_size=max(batch_size, 512), should_stop=should_stop
-                ).dense()
-            else:
-                features_eval = projected_features(
-                    model, x_eval, projector, batch_size=batch_size, should_stop=should_stop
-                ).reshape(m * k, d)
-            timings["projected_eval_features_s"] = _time.perf_counter() - tic
-        tic = _time.perf_counter()
-        trace = float(sum(float((phi[lo : lo + 65536].double() ** 2).sum()) for lo in range(0, big_n, 65536)))
-        lam = _resolve_lambda(l2, l2_auto_scale, trace, n, k)
-        l2_eff = lam / n
-        _, lam_loo = loo_sum_form(n, lr, l2_eff, loo_lambda)  # type: ignore[arg-type]
-        primal_route = None if t is None else choose_projected_finite_t_route(n, k, d, t, time)
-        if t is not None and primal_route == "recurrence":  # one eigh for all samples, not one per sample
-            info["finite_t_route"] = "recurrence"
-            pres = loo_primal_finite(
-                phi, r0.to(pdev), k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
-                phi_eval=features_eval if "predictions" in measures else None,
-                keep_dv=want_full or want_full_lin or delta_f, progress=loo_progress, should_stop=should_stop,
-            )  # fmt: skip
-        else:
-            if t is not None:
-                info["finite_t_route"] = "eigh"
-            pres = loo_primal(
-                phi, r0.to(pdev), k=k, lam=lam, lam_loo=lam_loo, eta=eta, eta_loo=eta_loo, t=t,
-                time=time,  # type: ignore[arg-type]
-                phi_eval=features_eval if "predictions" in measures else None,
-                keep_dv=want_full or want_full_lin or delta_f, progress=stage_progress(n), should_stop=should_stop,
-            )  # fmt: skip
-        timings["loo_s"] = _time.perf_counter() - tic
-        sq_weights = pres.sq_weight_change
-        sq_pred = pres.sq_prediction_change
-        train_logits = torch.empty((n, k), dtype=torch.float64, device=pdev)
-        for lo in range(0, big_n, 65536):
-            train_logits.view(-1)[lo : lo + 65536] = phi[lo : lo + 65536].double() @ pres.v
-        train_logits += f0_train.to(pdev)
-        info.update(
-            jitter=pres.jitter, jitter_eps=pres.jitter_eps, eig_min=pres.eig_min, eig_max=pres.eig_max
-        )
-        if want_full or want_full_lin:
-            assert pres.dv is not None
-            tic = _time.perf_counter()
-            gram = torch.zeros((d, d), dtype=torch.float64, device=pdev)
-            for lo in range(0, big_n, 65536):
-                blk = phi[lo : lo + 65536].double()
-                gram += blk.T @ blk
-            hess = gram + (lam + pres.jitter) * torch.eye(d, dtype=torch.float64, device=pdev)
-            if want_full_lin:
-                resid = (train_logits - targets.to(pdev)).reshape(n, k)
-                grads = torch.einsum("ikd,ik->id", phi.reshape(n, k, d).double(), resid)
-                full_lin_scores = weights_full_scores(hess, grads, pres.dv, rel_jitter=weights_full_jitter)
-            if want_full:
-                # The network restricted to w₀ + R v: its v-gradients are Rᵀ∇_w at w_t = w₀ + R v.
-                w0 = flat_parameters(model).to(torch.float64)
-                r_dense: Tensor | None = None
-                if structure == "kronecker":  # R in full (p x d; d <= max_full_p here)
-                    r_dense = kron.dense().to(device=w0.device, dtype=torch.float64)
-                    w_t = w0 + r_dense @ pres.v.to(w0.device)
-                else:
-                    w_t = w0 + _lift(projector, pres.v.to(w0.device))
-                grads = torch.empty((n, d), dtype=torch.float64, device=pdev)
-                for start, g in per_sample_loss_gradients(
-                    model, w_t, x_train, targets.to(w0.device), batch_size=batch_size, should_stop=should_stop
-                ):
-                    projected = (
-                        g.to(torch.float64) @ r_dense
-                        if r_dense is not None
-                        else projector.project(g.unsqueeze(1)).reshape(-1, d)
-                    )
-                    grads[start : start + g.shape[0]] = projected.to(device=pdev, dtype=torch.float64)
-                full_scores = weights_full_scores(hess, grads, pres.dv, rel_jitter=weights_full_jitter)
-            timings["weights_full_s"] = _time.perf_counter() - tic
-        info["d"] = d
-        info["projection_dim"] = projection_dim
-        info["projection"] = projection
-        del phi
-
-    info.update(l2=l2_eff, lam=lam, lam_loo=lam_loo, l2_auto=l2 is None, l2_auto_scale=l2_auto_scale)
-    if want_full or want_full_lin:
-        info["weights_full_jitter"] = weights_full_jitter
-        info["weights_full_space"] = "weights" if method == "exact" else "projection"
-    info["cond_A"] = info["eig_max"] / info["eig_min"] if info["eig_min"] > 0 else math.inf
-    train_accuracy = _accuracy(train_logits, y_dev)
-    test_accuracy = math.nan
-
-    if x_eval is not None and n_eval_units:
-        tic = _time.perf_counter()
-        f0_eval = _logits64(model, x_eval)
-        report = stage_progress(n + n)
-        if delta_f:
-            delta_f_out = torch.empty((n, m, k), dtype=torch.float32, device=f0_eval.device)
-        if method == "exact":
-            # Δf_i(X') = −Θ(X', X)δ_i and f_t(X') = f₀(X') − Θ(X', X)u, one held-out chunk
-            # of the cross kernel at a time (no J, no weight-space vectors).
-            coef = torch.cat([res.delta, res.u.reshape(-1, 1)], dim=1)  # (nk, n+1)
-            sq_f = torch.zeros(n, dtype=torch.float64, device=coef.device)
-            eval_logits = f0_eval.clone().to(coef.device)
-            for start, block in ntk_cross_chunks(
-                model, x_eval, x_train, kernel="full", batch_size=batch_size,
-                method=info["kernel_method"], should_stop=should_stop,
-            ):  # fmt: skip
-                b = block.shape[0] // k
-                out = block.to(coef) @ coef  # (bk, n+1)
-                sq_f += (out[:, :n] ** 2).sum(0)
-                eval_logits[start : start + b] -= out[:, n].reshape(b, k)
-                if delta_f_out is not None:  # Δf_i(x') = J(x')Δw_i = −J(x')·(column i)
-                    delta_f_out[:, start : start + b] = (-out[:, :n].T).reshape(n, b, k).to(delta_f_out)
-                report(min(start + b, m), m)
-            if "predictions" in measures:
-                sq_pred = sq_f
-        else:
-            assert features_eval is not None
-            fe = features_eval.double()
-            eval_logits = f0_eval.to(fe.device) + (fe @ pres.v).reshape(m, k)
-            if delta_f_out is not None:
-                assert pres.dv is not None
-                for lo in range(0, n, 256):
-                    blk = pres.dv[lo : lo + 256] @ fe.T  # (b, m k): Φ(X')Δv_i
-                    delta_f_out[lo : lo + blk.shape[0]] = blk.reshape(-1, m, k).to(delta_f_out)
-            report(m, m)
-        test_accuracy = _accuracy(eval_logits, y_eval)
-        timings["eval_s"] = _time.perf_counter() - tic
-
-    scale = 1.0 / (2.0 * sigma**2)
-    info["timings"] = timings
-
-    def host(x: Tensor | None, factor: float = 1.0) -> np.ndarray | None:
-        return None if x is None else (x * factor).cpu().numpy()
-
-    return SampleInformation(
-        si_weights=host(sq_weights, scale) if "weights" in measures else None,
-        si_predictions=host(sq_pred, scale),
-        si_weights_full=host(full_scores),
-        train_accuracy=train_accuracy,
-        test_accuracy=test_accuracy,
-        info=info,
-        si_weights_full_linearized=host(full_lin_scores),
-        delta_f=None if delta_f_out is None else delta_f_out.cpu().numpy(),
+        route = choose_finite_t_route(n, k, run.t, run.time)
+        info["finite_t_route"] = route
+        res = loo_finite(
+            theta, r0, k=k, lam=lam, lam_loo=lam_loo, eta=run.eta, eta_loo=run.eta_loo, t=run.t,
+            time=run.time, route=route,  # type: ignore[arg-type]
+            progress=run.stages.loo(n), should_stop=run.should_stop,
+        )  # fmt: skip
+    run.stages.at(n)(n, n)
+    timings["loo_s"] = _time.perf_counter() - tic
+    out = _SiOutcome(
+        lam=lam,
+        lam_loo=lam_loo,
+        sq_weights=res.sq_weight_change,
+        train_logits=(run.f0_train.reshape(-1).to(theta.device) - theta @ res.u).reshape(n, k),
     )
+    info.update(jitter=res.jitter, jitter_eps=res.jitter_eps, eig_min=res.eig_min, eig_max=res.eig_max)
+    del theta
+    if run.want_full or run.want_full_lin:  # p <= max_full_p: J is small here
+        _exact_full_scores(run, res, out)
+    info["d"] = None
+    if run.x_eval is not None:
+        tic = _time.perf_counter()
+        f0_eval, out.delta_f, report = run.start_eval()
+        # Δf_i(X') = −Θ(X', X)δ_i and f_t(X') = f₀(X') − Θ(X', X)u, one held-out chunk
+        # of the cross kernel at a time (no J, no weight-space vectors).
+        coef = torch.cat([res.delta, res.u.reshape(-1, 1)], dim=1)  # (nk, n+1)
+        sq_f = torch.zeros(n, dtype=torch.float64, device=coef.device)
+        eval_logits = f0_eval.clone().to(coef.device)
+        for start, block in ntk_cross_chunks(
+            model, run.x_eval, x_train, kernel="full", batch_size=run.batch_size,
+            method=info["kernel_method"], should_stop=run.should_stop,
+        ):  # fmt: skip
+            b = block.shape[0] // k
+            cols = block.to(coef) @ coef  # (bk, n+1)
+            sq_f += (cols[:, :n] ** 2).sum(0)
+            eval_logits[start : start + b] -= cols[:, n].reshape(b, k)
+            if out.delta_f is not None:  # Δf_i(x') = J(x')Δw_i = −J(x')·(column i)
+                out.delta_f[:, start : start + b] = (-cols[:, :n].T).reshape(n, b, k).to(out.delta_f)
+            report(min(start + b, run.m), run.m)
+        if "predictions" in run.measures:
+            out.sq_pred = sq_f
+        out.eval_logits = eval_logits
+        timings["eval_s"] = _time.perf_counter() - tic
+    return out
+
+
+def _exact_full_scores(run: _SiRun, res: KernelLoo, out: _SiOutcome) -> None:
+    """``weights_full`` (the network's gradients at w_t) and ``weights_full_linearized``
+    (J(w₀)ᵀ residuals) in weight space, from J of the training set."""
+    tic = _time.perf_counter()
+    model, n, k = run.model, run.n, run.k
+    p = parameter_count(model)
+    jac = per_sample_jacobians(model, run.x_train, batch_size=run.batch_size, should_stop=run.should_stop)
+    jac = jac.to(torch.float64).reshape(n * k, p).to(res.delta.device)
+    dw_cols = jac.T @ torch.cat([res.delta, res.u.reshape(-1, 1)], dim=1)  # (p, n+1)
+    hess = jac.T @ jac + (out.lam + res.jitter) * torch.eye(p, dtype=torch.float64, device=jac.device)
+    dw = dw_cols[:, :n].T
+    if run.want_full_lin:
+        resid = (out.train_logits - run.targets.to(out.train_logits.device)).reshape(n, k)  # f_t(X) − Y
+        grads = torch.einsum("ikp,ik->ip", jac.reshape(n, k, p), resid)
+        out.full_lin_scores = weights_full_scores(hess, grads, dw, rel_jitter=run.weights_full_jitter)
+    if run.want_full:
+        w_t = flat_parameters(model).to(torch.float64).to(jac.device) - dw_cols[:, n]
+        grads = torch.cat(
+            [g.to(torch.float64) for _, g in per_sample_loss_gradients(
+                model, w_t, run.x_train, run.targets, batch_size=run.batch_size, should_stop=run.should_stop
+            )]
+        ).to(jac.device)  # fmt: skip
+        out.full_scores = weights_full_scores(hess, grads, dw, rel_jitter=run.weights_full_jitter)
+    run.timings["weights_full_s"] = _time.perf_counter() - tic
+
+
+def _projected_route(
+    run: _SiRun,
+    projection_dim: int,
+    projection: ProjectionKind,
+    projection_structure: ProjectionStructure,
+    seed: int,
+) -> _SiOutcome:
+    """Features Φ = J R (nk x d) without J, the primal leave-one-out in the projection space,
+    the full-covariance scores there when asked, F-SI from Φ(X')."""
+    model, x_train, n, k, m, info, timings = (
+        run.model,
+        run.x_train,
+        run.n,
+        run.k,
+        run.m,
+        run.info,
+        run.timings,
+    )
+    big_n = n * k
+    # Kronecker-factored projection from per-layer factors (no per-sample gradient) when
+    # the model allows it; the dense per-sample projection of J chunks otherwise.
+    structure = projection_structure
+    if structure == "kronecker" and not structured_supported(model):
+        structure = "dense"
+    info["projection_structure"] = structure
+    phi: Tensor | FactoredFeatures
+    features_eval: Tensor | None = None
+    kron: KroneckerProjector | None = None
+    projector: Projector | None = None
+    if structure == "kronecker":
+        # d split over layers by their share of tr Θ on the first samples (deterministic).
+        kron = KroneckerProjector(
+            model,
+            projection_dim,
+            kind=projection,
+            seed=seed,
+            device=x_train.device,
+            weights=trace_shares(model, x_train[:512]),
+        )
+        d = kron.d
+        info["projection_layer_dims"] = [g.d for g in kron.groups]
+        phi = kronecker_features(
+            model, x_train, kron, batch_size=max(run.batch_size, 512), progress=run.stages.at(0),
+            should_stop=run.should_stop,
+        )  # fmt: skip
+    else:
+        d = projection_dim
+        projector = projector_for(model, d, kind=projection, seed=seed, device=x_train.device)
+        phi = projected_features(
+            model, x_train, projector, batch_size=run.batch_size, progress=run.stages.at(0),
+            should_stop=run.should_stop,
+        ).reshape(big_n, d)  # fmt: skip
+    timings["projected_features_s"] = _time.perf_counter() - run.started
+    pdev = phi.device
+    if run.x_eval is not None:
+        tic = _time.perf_counter()
+        if kron is not None:
+            features_eval = kronecker_features(
+                model, run.x_eval, kron, batch_size=max(run.batch_size, 512), should_stop=run.should_stop
+            ).dense()
+        else:
+            assert projector is not None
+            features_eval = projected_features(
+                model, run.x_eval, projector, batch_size=run.batch_size, should_stop=run.should_stop
+            ).reshape(m * k, d)
+        timings["projected_eval_features_s"] = _time.perf_counter() - tic
+    tic = _time.perf_counter()
+    trace = float(sum(float((phi[lo : lo + 65536].double() ** 2).sum()) for lo in range(0, big_n, 65536)))
+    lam, lam_loo = run.ridges(trace)
+    keep_dv = run.want_full or run.want_full_lin or run.delta_f
+    phi_eval = features_eval if "predictions" in run.measures else None
+    t = run.t
+    primal_route = None if t is None else choose_projected_finite_t_route(n, k, d, t, run.time)
+    if t is not None and primal_route == "recurrence":  # one eigh for all samples, not one per sample
+        info["finite_t_route"] = "recurrence"
+        pres = loo_primal_finite(
+            phi, run.r0.to(pdev), k=k, lam=lam, lam_loo=lam_loo, eta=run.eta, eta_loo=run.eta_loo, t=t,
+            phi_eval=phi_eval, keep_dv=keep_dv, progress=run.stages.loo(n), should_stop=run.should_stop,
+        )  # fmt: skip
+    else:
+        if t is not None:
+            info["finite_t_route"] = "eigh"
+        pres = loo_primal(
+            phi, run.r0.to(pdev), k=k, lam=lam, lam_loo=lam_loo, eta=run.eta, eta_loo=run.eta_loo, t=t,
+            time=run.time, phi_eval=phi_eval, keep_dv=keep_dv, progress=run.stages.at(n),
+            should_stop=run.should_stop,
+        )  # fmt: skip
+    timings["loo_s"] = _time.perf_counter() - tic
+    train_logits = torch.empty((n, k), dtype=torch.float64, device=pdev)
+    for lo in range(0, big_n, 65536):
+        train_logits.view(-1)[lo : lo + 65536] = phi[lo : lo + 65536].double() @ pres.v
+    train_logits += run.f0_train.to(pdev)
+    out = _SiOutcome(
+        lam=lam,
+        lam_loo=lam_loo,
+        sq_weights=pres.sq_weight_change,
+        sq_pred=pres.sq_prediction_change,
+        train_logits=train_logits,
+    )
+    info.update(jitter=pres.jitter, jitter_eps=pres.jitter_eps, eig_min=pres.eig_min, eig_max=pres.eig_max)
+    if run.want_full or run.want_full_lin:
+        _projected_full_scores(run, phi, pres, out, kron, projector)
+    info["d"] = d
+    info["projection_dim"] = projection_dim
+    info["projection"] = projection
+    del phi
+    if run.x_eval is not None:
+        tic = _time.perf_counter()
+        f0_eval, out.delta_f, report = run.start_eval()
+        assert features_eval is not None
+        fe = features_eval.double()
+        out.eval_logits = f0_eval.to(fe.device) + (fe @ pres.v).reshape(m, k)
+        if out.delta_f is not None:
+            assert pres.dv is not None
+            for lo in range(0, n, 256):
+                blk = pres.dv[lo : lo + 256] @ fe.T  # (b, m k): Φ(X')Δv_i
+                out.delta_f[lo : lo + blk.shape[0]] = blk.reshape(-1, m, k).to(out.delta_f)
+        report(m, m)
+        timings["eval_s"] = _time.perf_counter() - tic
+    return out
+
+
+def _projected_full_scores(
+    run: _SiRun,
+    phi: Tensor | FactoredFeatures,
+    pres: PrimalLoo,
+    out: _SiOutcome,
+    kron: KroneckerProjector | None,
+    projector: Projector | None,
+) -> None:
+    """The full-covariance scores in the projection space: ``weights_full`` from the
+    network restricted to w₀ + R v (its v-gradients are Rᵀ∇_w at w_t = w₀ + R v) and
+    ``weights_full_linearized`` from Φᵀ residuals."""
+    assert pres.dv is not None
+    tic = _time.perf_counter()
+    n, k = run.n, run.k
+    big_n = n * k
+    d = pres.v.shape[0]
+    pdev = phi.device
+    gram = torch.zeros((d, d), dtype=torch.float64, device=pdev)
+    for lo in range(0, big_n, 65536):
+        blk = phi[lo : lo + 65536].double()
+        gram += blk.T @ blk
+    hess = gram + (out.lam + pres.jitter) * torch.eye(d, dtype=torch.float64, device=pdev)
+    if run.want_full_lin:
+        resid = (out.train_logits - run.targets.to(pdev)).reshape(n, k)
+        grads = torch.einsum("ikd,ik->id", phi.reshape(n, k, d).double(), resid)
+        out.full_lin_scores = weights_full_scores(hess, grads, pres.dv, rel_jitter=run.weights_full_jitter)
+    if run.want_full:
+        w0 = flat_parameters(run.model).to(torch.float64)
+        r_dense: Tensor | None = None
+        if kron is not None:  # R in full (p x d; d <= max_full_p here)
+            r_dense = kron.dense().to(device=w0.device, dtype=torch.float64)
+            w_t = w0 + r_dense @ pres.v.to(w0.device)
+        else:
+            assert projector is not None
+            w_t = w0 + _lift(projector, pres.v.to(w0.device))
+        grads = torch.empty((n, d), dtype=torch.float64, device=pdev)
+        for start, g in per_sample_loss_gradients(
+            run.model, w_t, run.x_train, run.targets.to(w0.device), batch_size=run.batch_size,
+            should_stop=run.should_stop,
+        ):  # fmt: skip
+            projected = (
+                g.to(torch.float64) @ r_dense
+                if r_dense is not None
+                else projector.project(g.unsqueeze(1)).reshape(-1, d)  # type: ignore[union-attr]
+            )
+            grads[start : start + g.shape[0]] = projected.to(device=pdev, dtype=torch.float64)
+        out.full_scores = weights_full_scores(hess, grads, pres.dv, rel_jitter=run.weights_full_jitter)
+    run.timings["weights_full_s"] = _time.perf_counter() - tic
 
 
 LINEARIZE_AT: tuple[str, ...] = ("init", "trained", "checkpoint")
