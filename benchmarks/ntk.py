@@ -16,6 +16,7 @@ Prints wall and CPU seconds and peak RSS; the machine is shared, so compare rati
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -103,6 +104,7 @@ def case_exact_si(args: argparse.Namespace) -> None:
     print(
         f"# process: wall {time.perf_counter() - START:.0f} s, CPU {cpu_seconds():.0f} s, peak RSS {peak_rss_gib():.2f} GiB"
     )
+    print("# load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
 def main() -> None:
@@ -116,6 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# {args.case}: torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print("# load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     {"kernel": case_kernel, "exact-si": case_exact_si}[args.case](args)
 
 
