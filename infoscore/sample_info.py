@@ -151,6 +151,7 @@ def _extreme_eigs(a: Tensor, factor: Tensor, shift: float = 0.0, iters: int = 30
 # Block sizes of the t = ∞ leave-one-out passes (docs/benchmarks/sample-information.md). Any
 # value gives the same numbers up to round-off; the tests shrink them to exercise every branch.
 TRI_INVERSE_BASE = 1024  # side at which the recursive triangular inverse stops splitting
+TRI_INVERSE_PANEL = 1024  # columns / rows of the off-diagonal block per triangular solve
 LOO_ROW_BLOCK = 1024  # rows of W per pass (the products skip W's zero upper triangle)
 LOO_SAMPLE_BLOCK = 256  # samples per batched k x k block product
 # Lanczos steps of each extreme-eigenvalue estimate (cond_A). On the digits kernel (n = 600,
@@ -177,10 +178,18 @@ def _tri_inverse_(low: Tensor, base: int | None = None) -> Tensor:
         return low
     h = n_side // 2
     l11, l21, l22 = low[:h, :h], low[h:, :h], low[h:, h:]
-    b = torch.linalg.solve_triangular(l22, l21, upper=False)
-    b = torch.linalg.solve_triangular(l11, b, upper=False, left=False)
-    l21.copy_(b.neg_())
-    del b
+    # L₂₁ <- −L₂₂⁻¹L₂₁L₁₁⁻¹ in place, by column then row panels of L₂₁ against one contiguous
+    # copy of a diagonal block at a time (the strided views would be copied at every call).
+    diag = l22.contiguous()
+    for c0 in range(0, h, TRI_INVERSE_PANEL):
+        panel = l21[:, c0 : c0 + TRI_INVERSE_PANEL]
+        panel.copy_(torch.linalg.solve_triangular(diag, panel, upper=False))
+    del diag
+    diag = l11.contiguous()
+    for r0 in range(0, n_side - h, TRI_INVERSE_PANEL):
+        panel = l21[r0 : r0 + TRI_INVERSE_PANEL]
+        panel.copy_(torch.linalg.solve_triangular(diag, panel, upper=False, left=False).neg_())
+    del diag
     _tri_inverse_(l11, base)
     _tri_inverse_(l22, base)
     return low
@@ -274,15 +283,16 @@ def _factor_in_place(theta: Tensor, lam: float, out: Tensor | None = None) -> tu
     """Lower Cholesky factor of Θ + λI written over ``out`` (or a fresh copy of Θ), with the
     jitter ladder of :func:`infoscore.linearized.cholesky_with_jitter` (ε·tr(A)/N on
     failure). Returns (factor, eps, jitter). Memory: one N² buffer beside Θ (no eye, no
-    symmetrized copy: Cholesky reads one triangle)."""
+    symmetrized copy: Cholesky reads one triangle). The buffer is column-major (a transposed
+    view), the layout LAPACK factors in place: a row-major one costs torch another N² copy."""
     n_total = theta.shape[0]
-    buf = torch.empty_like(theta, dtype=torch.float64) if out is None else out
+    buf = torch.empty_like(theta, dtype=torch.float64).mT if out is None else out
     scale = (float(torch.trace(theta.to(torch.float64))) + lam * n_total) / max(n_total, 1)
     if not scale > 0:
         raise NumericalError(f"loo_infinite: Θ + λI has non-positive trace ({scale!r})")
     info = torch.empty((), dtype=torch.int32, device=theta.device)
     for eps in JITTER_LADDER:
-        buf.copy_(theta)
+        buf.mT.copy_(theta)  # a plain copy: buf = Θᵀ = Θ
         buf.diagonal().add_(lam + eps * scale)
         torch.linalg.cholesky_ex(buf, out=(buf, info))
         if int(info) == 0:
@@ -291,6 +301,12 @@ def _factor_in_place(theta: Tensor, lam: float, out: Tensor | None = None) -> tu
         f"A is not positive definite even with jitter {JITTER_LADDER[-1]:g}·tr(A)/N; "
         "increase the ridge 'l2' or use a finite 't'"
     )
+
+
+def _factor_solve(factor: Tensor, b: Tensor) -> Tensor:
+    """(L Lᵀ)⁻¹ b by two triangular solves: ``torch.cholesky_solve`` copies the N² factor."""
+    y = torch.linalg.solve_triangular(factor, b.reshape(-1, 1), upper=False)
+    return torch.linalg.solve_triangular(factor.mT, y, upper=True).reshape(-1)
 
 
 def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: float | None = None) -> KernelLoo:
@@ -317,7 +333,7 @@ def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: floa
     r0 = r0.to(torch.float64).to(theta.device)
     lam_loo = lam if lam_loo is None else float(lam_loo)
     factor, eps, jitter = _factor_in_place(theta, lam)
-    u = torch.cholesky_solve(r0.reshape(-1, 1), factor).reshape(-1)
+    u = _factor_solve(factor, r0)
     shift_full = lam + jitter
     if lam_loo != lam:
         factor, eps_loo, jitter_loo = _factor_in_place(theta, lam_loo, out=factor)
@@ -325,7 +341,7 @@ def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: floa
         lam_loo_eff = lam_loo + jitter_loo
     else:
         lam_loo_eff = lam + jitter
-    a = torch.cholesky_solve(r0.reshape(-1, 1), factor).reshape(-1)
+    a = _factor_solve(factor, r0)
     w = _tri_inverse_(factor)  # W = L⁻¹ over the factor: P' = WᵀW
     del factor
     # cond(A) with A = Θ + λ_eff I: s_max from Θ, s_min = 1/s_max(P'), P' = (A + (λ_loo_eff − λ_eff)I)⁻¹.

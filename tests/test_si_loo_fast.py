@@ -31,18 +31,27 @@ def _kernel(n: int, k: int, p: int, seed: int) -> tuple[torch.Tensor, torch.Tens
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(si, "TRI_INVERSE_BASE", 5)
+    monkeypatch.setattr(si, "TRI_INVERSE_PANEL", 4)
     monkeypatch.setattr(si, "LOO_ROW_BLOCK", 7)
     monkeypatch.setattr(si, "LOO_SAMPLE_BLOCK", 3)
 
 
 @pytest.mark.parametrize("size", [1, 5, 6, 37, 64])
-@pytest.mark.parametrize("base", [1, 5, 16])
-def test_triangular_inverse_equals_dense_inverse(size: int, base: int) -> None:
+@pytest.mark.parametrize(("base", "panel"), [(1, 1), (5, 4), (16, 1024)])
+@pytest.mark.parametrize("column_major", [False, True])
+def test_triangular_inverse_equals_dense_inverse(
+    size: int, base: int, panel: int, column_major: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(si, "TRI_INVERSE_PANEL", panel)
     gen = torch.Generator().manual_seed(size + base)
     g = torch.randn(size, size + 3, generator=gen, dtype=torch.float64)
     lower = torch.linalg.cholesky(g @ g.T + 0.1 * torch.eye(size, dtype=torch.float64))
     expected = torch.linalg.inv(lower)
-    work = lower.clone()
+    # The factor of loo_infinite is column-major (a transposed view): both layouts work in place.
+    work = torch.empty(size, size, dtype=torch.float64)
+    work = work.mT if column_major else work
+    work.copy_(lower)
+    assert work.stride() == ((1, size) if column_major else (size, 1))
     out = si._tri_inverse_(work, base)
     assert out.data_ptr() == work.data_ptr()  # in place
     assert _rel(work, expected) < RTOL
@@ -64,13 +73,19 @@ def test_triangular_products_equal_dense(rows: int) -> None:
 
 @pytest.mark.parametrize("k", [1, 3, 10])
 @pytest.mark.parametrize("blocks", [(1, 1), (3, 7), (256, 1024)])
-def test_inverse_blocks_and_products_equal_dense_inverse(k: int, blocks: tuple[int, int]) -> None:
+@pytest.mark.parametrize("column_major", [False, True])
+def test_inverse_blocks_and_products_equal_dense_inverse(
+    k: int, blocks: tuple[int, int], column_major: bool
+) -> None:
     samples, rows = blocks
     n = 13
     theta, _, _ = _kernel(n, k, 20, seed=k)
     a = theta + 0.3 * torch.eye(n * k, dtype=torch.float64)
     dense_p = torch.linalg.inv(a)  # the slow exact reference
-    w = si._tri_inverse_(torch.linalg.cholesky(a), 4)
+    w = torch.empty(n * k, n * k, dtype=torch.float64)
+    w = w.mT if column_major else w
+    w.copy_(torch.linalg.cholesky(a))
+    si._tri_inverse_(w, 4)
     p_ii = si._inverse_diag_blocks(w, k, samples)
     ref_blocks = torch.stack([dense_p[i * k : (i + 1) * k, i * k : (i + 1) * k] for i in range(n)])
     assert _rel(p_ii, ref_blocks) < RTOL
@@ -154,3 +169,21 @@ def test_condition_estimate_against_eigvalsh(rescaled: bool) -> None:
     # Ritz values lie inside the spectrum; 12 steps reach both ends closely on a kernel.
     assert s_max * (1 - 1e-2) <= res.eig_max <= s_max * (1 + 1e-10)
     assert s_min * (1 - 1e-10) <= res.eig_min <= s_min * (1 + 1e-2)
+
+
+def test_factor_is_written_in_place_without_a_second_buffer() -> None:
+    theta, _, _ = _kernel(20, 3, 30, seed=2)
+    factor, eps, jitter = si._factor_in_place(theta, 0.1)
+    assert eps == jitter == 0.0 and factor.stride() == (1, 60)  # column-major: LAPACK's own layout
+    expected = torch.linalg.cholesky(theta + 0.1 * torch.eye(60, dtype=torch.float64))
+    assert _rel(factor, expected) < RTOL
+    again, _, _ = si._factor_in_place(theta, 0.2, out=factor)
+    assert again.data_ptr() == factor.data_ptr()
+    b = torch.randn(60, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert (
+        _rel(
+            si._factor_solve(again, b),
+            torch.linalg.solve(theta + 0.2 * torch.eye(60, dtype=torch.float64), b),
+        )
+        < RTOL
+    )
