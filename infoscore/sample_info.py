@@ -158,6 +158,8 @@ LOO_SAMPLE_BLOCK = 256  # samples per batched k x k block product
 # k = 10, auto ridge) 12 steps give s_max to 1e-4 and s_min to 3e-3 relative, closer than the
 # 20-iteration block subspace iteration it replaces (2e-3 and 6e-3) at a third of the passes.
 COND_LANCZOS_STEPS = 12
+# Relative difference below which λ_loo is taken as λ (a float64 round-off, far from (n−1)/n).
+LOO_LAMBDA_RTOL = 1e-12
 
 
 def _tri_inverse_(low: Tensor, base: int | None = None) -> Tensor:
@@ -331,7 +333,11 @@ def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: floa
     n = n_total // k
     theta = theta.to(torch.float64)
     r0 = r0.to(torch.float64).to(theta.device)
-    lam_loo = lam if lam_loo is None else float(lam_loo)
+    # λ_loo = λ up to round-off (the mean-form ridge n·(λ/n) of loo_lambda 'same') is λ: a
+    # second factorization would change the scores by round-off only, at the cost of a Cholesky.
+    if lam_loo is None or abs(float(lam_loo) - lam) <= LOO_LAMBDA_RTOL * abs(lam):
+        lam_loo = lam
+    lam_loo = float(lam_loo)
     factor, eps, jitter = _factor_in_place(theta, lam)
     u = _factor_solve(factor, r0)
     shift_full = lam + jitter

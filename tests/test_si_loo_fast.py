@@ -187,3 +187,32 @@ def test_factor_is_written_in_place_without_a_second_buffer() -> None:
         )
         < RTOL
     )
+
+
+def test_round_off_lambda_loo_is_the_same_ridge_and_one_factorization(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # sample_information passes λ_loo = n·(λ/n) for loo_lambda 'same': 1 ulp away from λ here.
+    n, k, lam = 11, 3, 26.47548362349502
+    lam_loo = n * (lam / n)
+    assert lam_loo != lam
+    theta, r0, _ = _kernel(n, k, 20, seed=5)
+    calls: list[float] = []
+    factor = si._factor_in_place
+
+    def counted(
+        theta_: torch.Tensor, lam_: float, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, float, float]:
+        calls.append(lam_)
+        return factor(theta_, lam_, out)
+
+    monkeypatch.setattr(si, "_factor_in_place", counted)
+    res = si.loo_infinite(theta, r0, k=k, lam=lam, lam_loo=lam_loo)
+    assert calls == [lam]
+    ref = si.loo_infinite(theta, r0, k=k, lam=lam)
+    assert torch.equal(res.sq_weight_change, ref.sq_weight_change) and torch.equal(res.delta, ref.delta)
+    delta, sq = _dense_loo(theta, r0, k, lam, lam_loo)  # the exact answer at λ_loo itself
+    assert _rel(res.delta, delta) < RTOL and _rel(res.sq_weight_change, sq) < RTOL
+    calls.clear()
+    si.loo_infinite(theta, r0, k=k, lam=lam, lam_loo=lam * (n - 1) / n)  # 'rescaled': its own factor
+    assert calls == [lam, lam * (n - 1) / n]
