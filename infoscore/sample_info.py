@@ -170,7 +170,7 @@ def _tri_inverse_(low: Tensor, base: int | None = None) -> Tensor:
     blocks, then both diagonal blocks recurse. N³/3 flops (LAPACK trtri's count, one
     Cholesky's) against N³ for a triangular solve with the identity as right-hand side,
     which spends two thirds of its work on the known zeros above the diagonal. Extra memory:
-    the off-diagonal block and torch's copies of the strided views, at most about N²/2.
+    one contiguous copy of a diagonal block (N²/4 at the top level) and one panel.
     """
     base = TRI_INVERSE_BASE if base is None else base
     n_side = low.shape[0]
@@ -326,8 +326,9 @@ def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: floa
     in place by a recursive triangular inverse (the flops of one more Cholesky), so that
     P' = WᵀW; the blocks P'_ii and the columns P'_{:,i}c'_i from W's nonzero triangle (about
     0.4 Cholesky), and cond(A) by two short Lanczos runs (on Θ and on WᵀW: 2·12 passes over
-    N² numbers). Peak memory: Θ, one N² buffer (the factor, then W) and the inverse's
-    temporaries (at most about N²/2), then δ (N, n).
+    N² numbers). When λ_loo equals λ up to round-off (LOO_LAMBDA_RTOL) it is λ: one
+    factorization. Peak memory: Θ, one N² buffer (the factor, then W) and the inverse's
+    temporaries (about N²/4), then δ (N, n).
     """
     n_total = theta.shape[0]
     n = n_total // k
