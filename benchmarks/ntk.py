@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ntk.py kernel --threads 2          # structured vs J Jᵀ, digits MLP [512]
     .venv/bin/python benchmarks/ntk.py exact-si --threads 2        # exact SI vs one float64 Cholesky
+    .venv/bin/python benchmarks/ntk.py exact-si --service          # the same job through `infoscore up`
 
 ``kernel``: the full NTK of the digits request (MLP [512], k = 10) by per-layer factors at
 n = 1347, and both methods on the first ``--ref-n`` samples (the J Jᵀ reference costs
@@ -19,7 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -87,9 +91,58 @@ def cholesky_seconds(n_total: int) -> tuple[float, float]:
     return wall, cpu
 
 
+def service_exact_si(hidden: list[int]) -> tuple[float, dict[str, Any]]:
+    """Submit the digits exact-SI job to a fresh ``infoscore up`` (one worker: its torch uses
+    all cores) and wait; returns the seconds from submit to the final state and the record."""
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from embedded import embedded_service
+
+    request = {
+        "kind": "sample-information",
+        "dataset": {"builtin": "digits", "label_noise": 0.2},
+        "model": {"arch": "mlp", "hidden": hidden},
+        "params": {"method": "exact"},
+    }
+    with (
+        embedded_service(1, prefix="infoscore-exact-si-") as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        t0 = time.perf_counter()
+        job = client.post("/v1/jobs", json=request).json()
+        while True:
+            record: dict[str, Any] = client.get(f"/v1/jobs/{job['id']}").json()
+            if record["state"] in ("succeeded", "failed", "cancelled"):
+                return time.perf_counter() - t0, record
+            time.sleep(0.25)
+
+
 def case_exact_si(args: argparse.Namespace) -> None:
     model, ds = digits_model(args.hidden, noise=0.2)
     n_total = len(ds.y_train) * 10
+    if args.service:
+        w_ch0, c_ch0 = cholesky_seconds(n_total)
+        print(
+            f"float64 Cholesky of {n_total} x {n_total} (before): wall {w_ch0:.1f} s, CPU {c_ch0:.1f} s",
+            flush=True,
+        )
+        w_job, record = service_exact_si(args.hidden)
+        summary = record.get("summary") or {}
+        print(
+            f"exact SI through the service ({record['state']}): submit to {record['state']} {w_job:.1f} s; "
+            f"job seconds {summary.get('seconds')}, timings {summary.get('timings')}",
+            flush=True,
+        )
+        w_ch1, c_ch1 = cholesky_seconds(n_total)
+        print(f"float64 Cholesky of {n_total} x {n_total} (after): wall {w_ch1:.1f} s, CPU {c_ch1:.1f} s")
+        w_ch = (w_ch0 + w_ch1) / 2
+        print(
+            f"ratio exact SI through the service / Cholesky wall: {w_job / w_ch:.1f}x (mean of the two), "
+            f"against before {w_job / w_ch0:.1f}x, after {w_job / w_ch1:.1f}x"
+        )
+        print("# load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+        return
     # One Cholesky before and one after the SI run: the load of a shared machine drifts, so the
     # ratio is given against each and against their mean.
     w_ch0, c_ch0 = cholesky_seconds(n_total)
@@ -134,6 +187,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[512])
     parser.add_argument("--ref-n", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--service", action="store_true", help="exact-si: the job through a fresh `infoscore up` (1 worker)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# {args.case}: torch {torch.__version__}, threads {torch.get_num_threads()}")
