@@ -2,22 +2,28 @@
 
     .venv/bin/python benchmarks/ntk.py kernel --threads 2          # structured vs J Jᵀ, digits MLP [512]
     .venv/bin/python benchmarks/ntk.py exact-si --threads 2        # exact SI vs one float64 Cholesky
+    .venv/bin/python benchmarks/ntk.py exact-si --service          # the same job through `infoscore up`
 
 ``kernel``: the full NTK of the digits request (MLP [512], k = 10) by per-layer factors at
 n = 1347, and both methods on the first ``--ref-n`` samples (the J Jᵀ reference costs
 2(nk)²p flops: at n = 1347 it is minutes, so the ratio is measured on the subset, where
 both costs scale as (nk)², and the numbers are compared there).
 ``exact-si``: ``sample_information`` (library call, defaults, t = ∞) on the digits request
-with 20% noise, then, in the same process, ``torch.linalg.cholesky`` of an SPD float64
-matrix of the same side nk: the ratio is what the issue's target is about.
+with 20% noise and, in the same process, ``torch.linalg.cholesky`` of an SPD float64
+matrix of the same side nk, once before and once after it: the ratio (against the mean of
+the two, and against each) is what the issue's target is about.
 Prints wall and CPU seconds and peak RSS; the machine is shared, so compare ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,8 +80,76 @@ def case_kernel(args: argparse.Namespace) -> None:
     )
 
 
+def cholesky_seconds(n_total: int) -> tuple[float, float]:
+    """Wall and CPU seconds of ``torch.linalg.cholesky`` of an SPD float64 n_total² matrix."""
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(n_total, 64, generator=gen, dtype=torch.float64)
+    a = g @ g.T
+    a.diagonal().add_(1.0)
+    del g
+    _, wall, cpu = timed(torch.linalg.cholesky, a)
+    return wall, cpu
+
+
+def service_exact_si(hidden: list[int]) -> tuple[float, dict[str, Any]]:
+    """Submit the digits exact-SI job to a fresh ``infoscore up`` (one worker: its torch uses
+    all cores) and wait; returns the seconds from submit to the final state and the record."""
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from embedded import embedded_service
+
+    request = {
+        "kind": "sample-information",
+        "dataset": {"builtin": "digits", "label_noise": 0.2},
+        "model": {"arch": "mlp", "hidden": hidden},
+        "params": {"method": "exact"},
+    }
+    with (
+        embedded_service(1, prefix="infoscore-exact-si-") as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        t0 = time.perf_counter()
+        job = client.post("/v1/jobs", json=request).json()
+        while True:
+            record: dict[str, Any] = client.get(f"/v1/jobs/{job['id']}").json()
+            if record["state"] in ("succeeded", "failed", "cancelled"):
+                return time.perf_counter() - t0, record
+            time.sleep(0.25)
+
+
 def case_exact_si(args: argparse.Namespace) -> None:
     model, ds = digits_model(args.hidden, noise=0.2)
+    n_total = len(ds.y_train) * 10
+    if args.service:
+        w_ch0, c_ch0 = cholesky_seconds(n_total)
+        print(
+            f"float64 Cholesky of {n_total} x {n_total} (before): wall {w_ch0:.1f} s, CPU {c_ch0:.1f} s",
+            flush=True,
+        )
+        w_job, record = service_exact_si(args.hidden)
+        summary = record.get("summary") or {}
+        print(
+            f"exact SI through the service ({record['state']}): submit to {record['state']} {w_job:.1f} s; "
+            f"job seconds {summary.get('seconds')}, timings {summary.get('timings')}",
+            flush=True,
+        )
+        w_ch1, c_ch1 = cholesky_seconds(n_total)
+        print(f"float64 Cholesky of {n_total} x {n_total} (after): wall {w_ch1:.1f} s, CPU {c_ch1:.1f} s")
+        w_ch = (w_ch0 + w_ch1) / 2
+        print(
+            f"ratio exact SI through the service / Cholesky wall: {w_job / w_ch:.1f}x (mean of the two), "
+            f"against before {w_job / w_ch0:.1f}x, after {w_job / w_ch1:.1f}x"
+        )
+        print("# load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+        return
+    # One Cholesky before and one after the SI run: the load of a shared machine drifts, so the
+    # ratio is given against each and against their mean.
+    w_ch0, c_ch0 = cholesky_seconds(n_total)
+    print(
+        f"float64 Cholesky of {n_total} x {n_total} (before): wall {w_ch0:.1f} s, CPU {c_ch0:.1f} s",
+        flush=True,
+    )
     res, w_si, c_si = timed(
         sample_information,
         model,
@@ -85,24 +159,24 @@ def case_exact_si(args: argparse.Namespace) -> None:
         x_eval=torch.tensor(ds.x_test),
         y_eval=torch.tensor(ds.y_test),
     )
-    n_total = res.info["n"] * res.info["k"]
+    assert res.info["n"] * res.info["k"] == n_total
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in res.info["timings"].items())
     print(
         f"exact SI: n = {res.info['n']}, nk = {n_total}, p = {res.info['p']}, m = {res.info['m']}: "
         f"wall {w_si:.1f} s, CPU {c_si:.1f} s ({timings}); peak RSS so far {peak_rss_gib():.2f} GiB",
         flush=True,
     )
-    gen = torch.Generator().manual_seed(0)
-    g = torch.randn(n_total, 64, generator=gen, dtype=torch.float64)
-    a = g @ g.T
-    a.diagonal().add_(1.0)
-    del g
-    _, w_ch, c_ch = timed(torch.linalg.cholesky, a)
-    print(f"float64 Cholesky of {n_total} x {n_total}: wall {w_ch:.1f} s, CPU {c_ch:.1f} s")
-    print(f"ratio exact SI / Cholesky: wall {w_si / w_ch:.1f}x, CPU {c_si / c_ch:.1f}x")
+    w_ch1, c_ch1 = cholesky_seconds(n_total)
+    print(f"float64 Cholesky of {n_total} x {n_total} (after): wall {w_ch1:.1f} s, CPU {c_ch1:.1f} s")
+    w_ch, c_ch = (w_ch0 + w_ch1) / 2, (c_ch0 + c_ch1) / 2
+    print(
+        f"ratio exact SI / Cholesky (mean of the two): wall {w_si / w_ch:.1f}x, CPU {c_si / c_ch:.1f}x; "
+        f"against before {w_si / w_ch0:.1f}x / {c_si / c_ch0:.1f}x, after {w_si / w_ch1:.1f}x / {c_si / c_ch1:.1f}x"
+    )
     print(
         f"# process: wall {time.perf_counter() - START:.0f} s, CPU {cpu_seconds():.0f} s, peak RSS {peak_rss_gib():.2f} GiB"
     )
+    print("# load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
 def main() -> None:
@@ -113,9 +187,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[512])
     parser.add_argument("--ref-n", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--service", action="store_true", help="exact-si: the job through a fresh `infoscore up` (1 worker)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# {args.case}: torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print("# load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     {"kernel": case_kernel, "exact-si": case_exact_si}[args.case](args)
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time as _time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -155,37 +155,153 @@ def _extreme_eigs(a: Tensor, factor: Tensor, shift: float = 0.0, iters: int = 30
     return 1.0 / s_inv, s_max
 
 
-def _extreme_eigs_block(
-    theta: Tensor, w: Tensor, shift: float, iters: int = 20, block: int = 8
-) -> tuple[float, float]:
-    """(s_min, s_max) of A = Θ + shift·I by block subspace iteration (Rayleigh–Ritz) on A and
-    on A⁻¹ = WᵀW (W = L⁻¹): BLAS-3 passes over N² instead of one-vector triangular solves."""
-    gen = torch.Generator().manual_seed(0)
-    start = torch.randn(theta.shape[0], min(block, theta.shape[0]), dtype=torch.float64, generator=gen)
-    v = torch.linalg.qr(start.to(theta.device)).Q
-    u = v.clone()
-    for _ in range(iters):
-        v = torch.linalg.qr(theta @ v + shift * v).Q
-        u = torch.linalg.qr(w.T @ (w @ u)).Q
-    s_max = float(torch.linalg.eigvalsh(_sym(v.T @ (theta @ v))).max()) + shift
-    wu = w @ u
-    inv_max = float(torch.linalg.eigvalsh(_sym(wu.T @ wu)).max())
-    return 1.0 / inv_max, s_max
+# Block sizes of the t = ∞ leave-one-out passes (docs/benchmarks/sample-information.md). Any
+# value gives the same numbers up to round-off; the tests shrink them to exercise every branch.
+TRI_INVERSE_BASE = 1024  # side at which the recursive triangular inverse stops splitting
+TRI_INVERSE_PANEL = 1024  # columns / rows of the off-diagonal block per triangular solve
+LOO_ROW_BLOCK = 1024  # rows of W per pass (the products skip W's zero upper triangle)
+LOO_SAMPLE_BLOCK = 256  # samples per batched k x k block product
+# Lanczos steps of each extreme-eigenvalue estimate (cond_A). On the digits kernel (n = 600,
+# k = 10, auto ridge) 12 steps give s_max to 1e-4 and s_min to 3e-3 relative, closer than the
+# 20-iteration block subspace iteration it replaces (2e-3 and 6e-3) at a third of the passes.
+COND_LANCZOS_STEPS = 12
+# Relative difference below which λ_loo is taken as λ (a float64 round-off, far from (n−1)/n).
+LOO_LAMBDA_RTOL = 1e-12
+
+
+def _tri_inverse_(low: Tensor, base: int | None = None) -> Tensor:
+    """L⁻¹ of a lower-triangular matrix (zeros above the diagonal), written over it.
+
+    Recursive 2 x 2 blocking: with L = [[L₁₁, 0], [L₂₁, L₂₂]], L⁻¹ has blocks L₁₁⁻¹, L₂₂⁻¹
+    and −L₂₂⁻¹L₂₁L₁₁⁻¹; the off-diagonal block is two triangular solves on the original
+    blocks, then both diagonal blocks recurse. N³/3 flops (LAPACK trtri's count, one
+    Cholesky's) against N³ for a triangular solve with the identity as right-hand side,
+    which spends two thirds of its work on the known zeros above the diagonal. Extra memory:
+    one contiguous copy of a diagonal block (N²/4 at the top level) and one panel.
+    """
+    base = TRI_INVERSE_BASE if base is None else base
+    n_side = low.shape[0]
+    if n_side <= max(base, 1):
+        eye = torch.eye(n_side, dtype=low.dtype, device=low.device)
+        low.copy_(torch.linalg.solve_triangular(low, eye, upper=False))
+        return low
+    h = n_side // 2
+    l11, l21, l22 = low[:h, :h], low[h:, :h], low[h:, h:]
+    # L₂₁ <- −L₂₂⁻¹L₂₁L₁₁⁻¹ in place, by column then row panels of L₂₁ against one contiguous
+    # copy of a diagonal block at a time (the strided views would be copied at every call).
+    diag = l22.contiguous()
+    for c0 in range(0, h, TRI_INVERSE_PANEL):
+        panel = l21[:, c0 : c0 + TRI_INVERSE_PANEL]
+        panel.copy_(torch.linalg.solve_triangular(diag, panel, upper=False))
+    del diag
+    diag = l11.contiguous()
+    for r0 in range(0, n_side - h, TRI_INVERSE_PANEL):
+        panel = l21[r0 : r0 + TRI_INVERSE_PANEL]
+        panel.copy_(torch.linalg.solve_triangular(diag, panel, upper=False, left=False).neg_())
+    del diag
+    _tri_inverse_(l11, base)
+    _tri_inverse_(l22, base)
+    return low
+
+
+def _tri_matvec(w: Tensor, v: Tensor, rows: int | None = None) -> Tensor:
+    """W v for lower-triangular W (N, N), v (N,) or (N, b): row blocks, zeros skipped."""
+    rows = LOO_ROW_BLOCK if rows is None else rows
+    n_side = w.shape[0]
+    out = torch.empty_like(v)
+    for z0 in range(0, n_side, rows):
+        z1 = min(n_side, z0 + rows)
+        out[z0:z1] = w[z0:z1, :z1] @ v[:z1]
+    return out
+
+
+def _tri_rmatvec(w: Tensor, y: Tensor, rows: int | None = None) -> Tensor:
+    """Wᵀ y for lower-triangular W (N, N), y (N,) or (N, b): row blocks, zeros skipped."""
+    rows = LOO_ROW_BLOCK if rows is None else rows
+    n_side = w.shape[0]
+    out = torch.zeros_like(y)
+    for z0 in range(0, n_side, rows):
+        z1 = min(n_side, z0 + rows)
+        out[:z1] += w[z0:z1, :z1].T @ y[z0:z1]
+    return out
+
+
+def _lanczos_extremes(matvec: Callable[[Tensor], Tensor], like: Tensor, steps: int) -> tuple[float, float]:
+    """Smallest and largest Ritz values of a symmetric operator after ``steps`` Lanczos steps
+    (full reorthogonalization, seeded start on ``like``'s device). Ritz values lie inside the
+    spectrum: the largest is a lower bound of λ_max, the smallest an upper bound of λ_min."""
+    n_dim = like.shape[0]
+    steps = max(1, min(steps, n_dim))
+    gen = torch.Generator(device=like.device).manual_seed(0)
+    basis = torch.empty((steps, n_dim), dtype=torch.float64, device=like.device)
+    v = torch.randn(n_dim, dtype=torch.float64, generator=gen, device=like.device)
+    basis[0] = v / v.norm()
+    alpha: list[float] = []
+    beta: list[float] = []
+    for j in range(steps):
+        w = matvec(basis[j])
+        alpha.append(float(basis[j] @ w))
+        for _ in range(2):  # full reorthogonalization, twice (Kahan–Parlett)
+            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
+        b = float(w.norm())
+        if j + 1 == steps or not b > 1e-12 * max(abs(a) for a in alpha):  # invariant subspace
+            break
+        beta.append(b)
+        basis[j + 1] = w / b
+    m = len(alpha)
+    tri = torch.diag(torch.tensor(alpha, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(beta[: m - 1], dtype=torch.float64)
+        tri += torch.diag(off, 1) + torch.diag(off, -1)
+    ritz = torch.linalg.eigvalsh(tri)
+    return float(ritz[0]), float(ritz[-1])
+
+
+def _inverse_diag_blocks(w: Tensor, k: int, samples: int | None = None) -> Tensor:
+    """(n, k, k) diagonal blocks of P = WᵀW for lower-triangular W: block i is
+    W_{:,i}ᵀW_{:,i} over the rows at or below the block (the rows above are zero)."""
+    samples = LOO_SAMPLE_BLOCK if samples is None else samples
+    n_side = w.shape[0]
+    n = n_side // k
+    out = torch.empty((n, k, k), dtype=w.dtype, device=w.device)
+    for i0 in range(0, n, samples):
+        i1 = min(n, i0 + samples)
+        cols = w[i0 * k :, i0 * k : i1 * k].reshape(n_side - i0 * k, i1 - i0, k)
+        out[i0:i1] = torch.einsum("zia,zib->iab", cols, cols)
+    return out
+
+
+def _inverse_times_block_diag(w: Tensor, c: Tensor, rows: int | None = None) -> Tensor:
+    """P C (N, n) for P = WᵀW (W lower triangular) and C (N, n) block-diagonal with c_i
+    (c: (n, k)) in block i: column i is P_{:,i}c_i. Per block of rows of W, Y = W C (column
+    i is W_{:,i}c_i, zero above row ik) and P C += W_blockᵀ Y_block, skipping the zeros of
+    both: about 0.4 of the flops of the dense N x N x n product."""
+    rows = LOO_ROW_BLOCK if rows is None else rows
+    n_side = w.shape[0]
+    n, k = c.shape
+    out = torch.zeros((n_side, n), dtype=w.dtype, device=w.device)
+    for z0 in range(0, n_side, rows):
+        z1 = min(n_side, z0 + rows)
+        i1 = min(n, -(-z1 // k))  # samples whose block starts above row z1
+        y = torch.einsum("zia,ia->zi", w[z0:z1, : i1 * k].reshape(z1 - z0, i1, k), c[:i1])
+        out[:z1, :i1].addmm_(w[z0:z1, :z1].T, y)
+    return out
 
 
 def _factor_in_place(theta: Tensor, lam: float, out: Tensor | None = None) -> tuple[Tensor, float, float]:
     """Lower Cholesky factor of Θ + λI written over ``out`` (or a fresh copy of Θ), with the
     jitter ladder of :func:`infoscore.linearized.cholesky_with_jitter` (ε·tr(A)/N on
     failure). Returns (factor, eps, jitter). Memory: one N² buffer beside Θ (no eye, no
-    symmetrized copy: Cholesky reads one triangle)."""
+    symmetrized copy: Cholesky reads one triangle). The buffer is column-major (a transposed
+    view), the layout LAPACK factors in place: a row-major one costs torch another N² copy."""
     n_total = theta.shape[0]
-    buf = torch.empty_like(theta, dtype=torch.float64) if out is None else out
+    buf = torch.empty_like(theta, dtype=torch.float64).mT if out is None else out
     scale = (float(torch.trace(theta.to(torch.float64))) + lam * n_total) / max(n_total, 1)
     if not scale > 0:
         raise NumericalError(f"loo_infinite: Θ + λI has non-positive trace ({scale!r})")
     info = torch.empty((), dtype=torch.int32, device=theta.device)
     for eps in JITTER_LADDER:
-        buf.copy_(theta)
+        buf.mT.copy_(theta)  # a plain copy: buf = Θᵀ = Θ
         buf.diagonal().add_(lam + eps * scale)
         torch.linalg.cholesky_ex(buf, out=(buf, info))
         if int(info) == 0:
@@ -194,6 +310,12 @@ def _factor_in_place(theta: Tensor, lam: float, out: Tensor | None = None) -> tu
         f"A is not positive definite even with jitter {JITTER_LADDER[-1]:g}·tr(A)/N; "
         "increase the ridge 'l2' or use a finite 't'"
     )
+
+
+def _factor_solve(factor: Tensor, b: Tensor) -> Tensor:
+    """(L Lᵀ)⁻¹ b by two triangular solves: ``torch.cholesky_solve`` copies the N² factor."""
+    y = torch.linalg.solve_triangular(factor, b.reshape(-1, 1), upper=False)
+    return torch.linalg.solve_triangular(factor.mT, y, upper=True).reshape(-1)
 
 
 def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: float | None = None) -> KernelLoo:
@@ -205,16 +327,27 @@ def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: floa
     coefficients are pad(u₋ᵢ) = a' − P'_{:,i}c'_i, so δ_i = u − pad(u₋ᵢ) = e + P'_{:,i}c'_i
     with e = u − a' (zero when λ_loo = λ), and, using ΘP' = I − λ_loo P',
     ‖Δw_i‖² = δ_iᵀΘδ_i = eᵀΘe + 2 g_iᵀc'_i + c'_iᵀ(P' − λ_loo P'²)_ii c'_i, g = e − λ_loo P'e.
-    Jitter added by the ladder is part of the ridge. Peak memory: Θ plus two N² buffers
-    (the factor and W = L⁻¹, briefly together), then Θ and W.
+    Jitter added by the ladder is part of the ridge.
+
+    Cost (docs/benchmarks/sample-information.md): one Cholesky L of A' = Θ + λ_loo I, W = L⁻¹
+    in place by a recursive triangular inverse (the flops of one more Cholesky), so that
+    P' = WᵀW; the blocks P'_ii and the columns P'_{:,i}c'_i from W's nonzero triangle (about
+    0.4 Cholesky), and cond(A) by two short Lanczos runs (on Θ and on WᵀW: 2·12 passes over
+    N² numbers). When λ_loo equals λ up to round-off (LOO_LAMBDA_RTOL) it is λ: one
+    factorization. Peak memory: Θ, one N² buffer (the factor, then W) and the inverse's
+    temporaries (about N²/4), then δ (N, n).
     """
     n_total = theta.shape[0]
     n = n_total // k
     theta = theta.to(torch.float64)
     r0 = r0.to(torch.float64).to(theta.device)
-    lam_loo = lam if lam_loo is None else float(lam_loo)
+    # λ_loo = λ up to round-off (the mean-form ridge n·(λ/n) of loo_lambda 'same') is λ: a
+    # second factorization would change the scores by round-off only, at the cost of a Cholesky.
+    if lam_loo is None or abs(float(lam_loo) - lam) <= LOO_LAMBDA_RTOL * abs(lam):
+        lam_loo = lam
+    lam_loo = float(lam_loo)
     factor, eps, jitter = _factor_in_place(theta, lam)
-    u = torch.cholesky_solve(r0.reshape(-1, 1), factor).reshape(-1)
+    u = _factor_solve(factor, r0)
     shift_full = lam + jitter
     if lam_loo != lam:
         factor, eps_loo, jitter_loo = _factor_in_place(theta, lam_loo, out=factor)
@@ -222,30 +355,22 @@ def loo_infinite(theta: Tensor, r0: Tensor, *, k: int, lam: float, lam_loo: floa
         lam_loo_eff = lam_loo + jitter_loo
     else:
         lam_loo_eff = lam + jitter
-    a = torch.cholesky_solve(r0.reshape(-1, 1), factor).reshape(-1)
-    # W = L⁻¹ by one triangular solve (BLAS-3; LAPACK's potri is several times slower here),
-    # so P' = WᵀW: P'_ii = W_{:,i}ᵀW_{:,i} and P'_{:,i}c_i = Wᵀ(W C) with C block-diagonal.
-    w = torch.eye(n_total, dtype=torch.float64, device=theta.device)
-    torch.linalg.solve_triangular(factor, w, upper=False, out=w)
+    a = _factor_solve(factor, r0)
+    w = _tri_inverse_(factor)  # W = L⁻¹ over the factor: P' = WᵀW
     del factor
-    if lam_loo == lam:  # W is A⁻¹'s factor: estimate cond(A) from it
-        s_min, s_max = _extreme_eigs_block(theta, w, shift_full)
-    else:  # W belongs to the LOO ridge: s(A) = s(A_loo) − λ_loo_eff + λ_eff
-        s_min_loo, s_max_loo = _extreme_eigs_block(theta, w, lam_loo_eff)
-        s_min, s_max = s_min_loo - lam_loo_eff + shift_full, s_max_loo - lam_loo_eff + shift_full
-    w_cols = w.reshape(n_total, n, k)
-    p_ii = torch.empty((n, k, k), dtype=torch.float64, device=theta.device)
-    for lo in range(0, n, 256):
-        blk = w_cols[:, lo : lo + 256, :]
-        p_ii[lo : lo + 256] = torch.einsum("zia,zib->iab", blk, blk)
+    # cond(A) with A = Θ + λ_eff I: s_max from Θ, s_min = 1/s_max(P'), P' = (A + (λ_loo_eff − λ_eff)I)⁻¹.
+    _, theta_max = _lanczos_extremes(lambda v: theta @ v, r0, COND_LANCZOS_STEPS)
+    _, inv_max = _lanczos_extremes(lambda v: _tri_rmatvec(w, _tri_matvec(w, v)), r0, COND_LANCZOS_STEPS)
+    s_max = theta_max + shift_full
+    s_min = 1.0 / inv_max - lam_loo_eff + shift_full
+    p_ii = _inverse_diag_blocks(w, k)
     c = torch.linalg.solve(p_ii, a.reshape(n, k, 1)).squeeze(-1)  # (n, k)
-    # W C (C block-diagonal with c_i in block i) is W_{:,i}c_i per column: O(N²), no GEMM.
-    delta = w.T @ torch.einsum("zia,ia->zi", w_cols, c)  # column i = P'_{:,i} c_i
+    delta = _inverse_times_block_diag(w, c)  # column i = P'_{:,i} c_i
     # c_iᵀ(P' − λ_loo P'²)_ii c_i = c_iᵀP'_ii c_i − λ_loo‖P'_{:,i}c_i‖².
-    sq = torch.einsum("ia,iab,ib->i", c, p_ii, c) - lam_loo_eff * (delta * delta).sum(0)
+    sq = torch.einsum("ia,iab,ib->i", c, p_ii, c) - lam_loo_eff * torch.linalg.vector_norm(delta, dim=0) ** 2
     if lam_loo != lam:
         e = u - a
-        g = (e - lam_loo_eff * (w.T @ (w @ e))).reshape(n, k)
+        g = (e - lam_loo_eff * _tri_rmatvec(w, _tri_matvec(w, e))).reshape(n, k)
         sq = sq + float(e @ (theta @ e)) + 2.0 * (g * c).sum(1)
         delta += e.reshape(-1, 1)
     return KernelLoo(sq.clamp_min(0.0), delta, u, jitter, eps, s_min, s_max)
