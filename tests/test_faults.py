@@ -103,6 +103,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     with torch_threads(1):  # as the workers run: the same float32 sums
         ctx = make_context(JOB, tmp_path_factory.mktemp("ref"))
         out = get_runner("training-dynamics").run(ctx)
+    assert out.scores is not None
     return per_sample_table(ctx.dataset, out.scores, builtin=True)
 
 

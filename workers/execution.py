@@ -37,17 +37,18 @@ from store.db import JobStore
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from workers.runners.base import JobContext, Runner, Unit
+    import pandas as pd
+    import torch
 
-if TYPE_CHECKING:
-    from workers.runners.base import JobContext, JobOutput
+    from infoscore.data import Dataset
+    from workers.runners.base import JobContext, JobOutput, Runner, Unit
 
 log = logging.getLogger("infoscore.worker")
 
 SendTask = Callable[..., Any]
 
 
-def _unit_scope(runner: Any, job: dict[str, Any]) -> str:
+def _unit_scope(runner: Runner, job: dict[str, Any]) -> str:
     """Unit cache keys are per tenant: a tenant never finds, and so never learns about,
     units another tenant's jobs computed."""
     return f"{job['tenant']}/{runner.unit_scope(job['fingerprint'])}"
@@ -102,7 +103,7 @@ class Throttled:
                 log.warning("progress write failed", exc_info=True)
 
 
-def choose_device(requested: str, worker_default: str) -> Any:
+def choose_device(requested: str, worker_default: str) -> torch.device:
     """Device chosen lazily in the child: never touch CUDA in the worker parent."""
     from infoscore.training import resolve_device
 
@@ -424,7 +425,7 @@ class Executor:
             self.store.release_reduce(job_id)
 
 
-def per_sample_table(ds: Any, scores: Any, *, builtin: bool) -> Any:
+def per_sample_table(ds: Dataset, scores: pd.DataFrame, *, builtin: bool) -> pd.DataFrame:
     """Prefix the runner's score columns with index, id, label and label_noisy."""
     import pandas as pd
 
