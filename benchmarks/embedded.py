@@ -14,9 +14,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BANNER = "infoscore is up"
@@ -113,3 +115,22 @@ def embedded_service(
         yield service.url
     finally:
         service.stop()
+
+
+def submit_and_wait(
+    workers: int, request: dict[str, Any], *, prefix: str, poll: float = 0.5
+) -> tuple[float, dict[str, Any]]:
+    """Submit ``request`` to a fresh ``infoscore up`` with ``workers`` worker processes and
+    wait; returns the seconds from submit to the final state and the job record."""
+    import httpx
+
+    from contracts.records import TERMINAL_STATES
+
+    with embedded_service(workers, prefix=prefix) as url, httpx.Client(base_url=url, timeout=30) as client:
+        t0 = time.perf_counter()
+        job = client.post("/v1/jobs", json=request).json()
+        while True:
+            record: dict[str, Any] = client.get(f"/v1/jobs/{job['id']}").json()
+            if record["state"] in TERMINAL_STATES:
+                return time.perf_counter() - t0, record
+            time.sleep(poll)

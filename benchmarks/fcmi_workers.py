@@ -11,30 +11,17 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from embedded import embedded_service
+from embedded import submit_and_wait
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(workers: int, request: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    with (
-        embedded_service(workers, prefix=f"infoscore-fcmi-w{workers}-") as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
-        t0 = time.perf_counter()
-        job = client.post("/v1/jobs", json=request).json()
-        while True:
-            record: dict[str, Any] = client.get(f"/v1/jobs/{job['id']}").json()
-            if record["state"] in ("succeeded", "failed", "cancelled"):
-                return time.perf_counter() - t0, record
-            time.sleep(0.5)
+    return submit_and_wait(workers, request, prefix=f"infoscore-fcmi-w{workers}-")
 
 
 def main() -> int:

@@ -94,10 +94,8 @@ def cholesky_seconds(n_total: int) -> tuple[float, float]:
 def service_exact_si(hidden: list[int]) -> tuple[float, dict[str, Any]]:
     """Submit the digits exact-SI job to a fresh ``infoscore up`` (one worker: its torch uses
     all cores) and wait; returns the seconds from submit to the final state and the record."""
-    import httpx
-
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from embedded import embedded_service
+    from embedded import submit_and_wait
 
     request = {
         "kind": "sample-information",
@@ -105,17 +103,7 @@ def service_exact_si(hidden: list[int]) -> tuple[float, dict[str, Any]]:
         "model": {"arch": "mlp", "hidden": hidden},
         "params": {"method": "exact"},
     }
-    with (
-        embedded_service(1, prefix="infoscore-exact-si-") as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
-        t0 = time.perf_counter()
-        job = client.post("/v1/jobs", json=request).json()
-        while True:
-            record: dict[str, Any] = client.get(f"/v1/jobs/{job['id']}").json()
-            if record["state"] in ("succeeded", "failed", "cancelled"):
-                return time.perf_counter() - t0, record
-            time.sleep(0.25)
+    return submit_and_wait(1, request, prefix="infoscore-exact-si-", poll=0.25)
 
 
 def case_exact_si(args: argparse.Namespace) -> None:
