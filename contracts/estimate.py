@@ -379,6 +379,23 @@ def _sample_information(params: SampleInformationParams, job: Job) -> KindCost:
         )
         if params.t is not None:
             seconds.append(9 * nk**3 / r["cholesky_flop_per_s"])  # eigendecomposition ~ 9 (nk)^3
+    elif widths is not None:
+        # Kronecker-factored projection (linear, MLP): per layer the samples' signals and
+        # inputs (n (k out + in) float32) instead of the n k x d features; the algebra
+        # densifies 65,536 rows at a time (float32 and float64 copies, two in flight).
+        # n = 50,000 / 200,000, MLP 32-128-10, d = 2048: 3.8 / 4.7 GiB estimated, 2.86 / 4.70
+        # GiB measured (docs/benchmarks/sample-information.md).
+        d = params.projection_dim
+        m = min(shape.n_test or n, params.eval_size)
+        inputs, outputs = widths
+        rows = min(nk, 65536)
+        mem += n * (k * outputs + inputs) * F32 + 2 * rows * d * (F32 + F64)
+        mem += m * k * d * F64 + 4 * d * d * F64 + 256 * 1024**2
+        notes.append(f"projected: Kronecker factors of n samples, d = {d}")
+        seconds.append((n + m_test) * k * p / r["jacobian_sample_class_params_per_s"])
+        seconds.append(
+            2.0 * (n + m_test) * k * p * d / r["gemm_flop_per_s"] + 2 * nk * d * d / r["gemm_flop_per_s"]
+        )
     else:
         d = params.projection_dim
         m = min(shape.n_test or n, params.eval_size)
