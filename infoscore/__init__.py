@@ -1,9 +1,15 @@
 """infoscore: how much each training sample matters, and how well a model generalizes.
 
 The science library of the infoscore service (arXiv 2306.15918). It imports torch and
-numpy only and reads no environment variables. Submodules by role: ``data``, ``models``,
-``training``, ``scores``, ``ntk``, ``linearized``, ``sample_info``, ``fcmi``, ``limit``,
-``distill``.
+numpy only and reads no environment variables.
+
+One call per job kind, each ``(dataset, model, config, *, device, progress, should_stop)``
+with a typed config and result: :func:`training_dynamics`, :func:`sample_information`,
+:func:`fcmi_bound`, :func:`limit`, :func:`label_issues`, :func:`supervision_complexity`,
+:func:`distillation` (configs in the torch-free ``<kind>_config`` modules; ``import
+infoscore`` loads neither torch nor numpy, the calls load on first use). Submodules by
+role: ``data``, ``models``, ``training``, ``scores``, ``ntk``, ``projection``,
+``linearized``, ``sample_info``, ``fcmi``, ``limit``, ``label_issues``, ``distill``.
 """
 
 from typing import TYPE_CHECKING
