@@ -383,7 +383,7 @@ def _sample_information(params: SampleInformationParams, job: Job) -> KindCost:
         # Kronecker-factored projection (linear, MLP): per layer the samples' signals and
         # inputs (n (k out + in) float32) instead of the n k x d features; the algebra
         # densifies 65,536 rows at a time (float32 and float64 copies, two in flight).
-        # n = 50,000 / 200,000, MLP 32-128-10, d = 2048: 3.8 / 4.7 GiB estimated, 2.86 / 4.70
+        # n = 50,000 / 200,000, MLP 32-128-10, d = 2048: 4.2 / 5.2 GiB estimated, 2.86 / 4.70
         # GiB measured (docs/benchmarks/sample-information.md).
         d = params.projection_dim
         m = min(shape.n_test or n, params.eval_size)

@@ -1212,7 +1212,7 @@ def _check_request(
             param="measures",
         )
     if t is not None and max_finite_t_cost is not None:
-        reason = finite_t_refusal(n, k, t, method, projection_dim, time, max_finite_t_cost)  # type: ignore[arg-type]
+        reason = finite_t_refusal(n, k, t, method, projection_dim, time, max_finite_t_cost)
         if reason is not None:
             raise InvalidInputError(reason, param="t")
 
