@@ -583,7 +583,8 @@ class PrimalLoo:
     """Exact LOO in a d-dimensional feature space (projected method).
 
     sq_weight_change (n,) = ‖Δv_i‖²; sq_prediction_change (n,) = Σ_{x'}‖Φ(x')Δv_i‖² or
-    None; v (d,) = the full run's v_t − v₀; dv (n, d) when kept, else None.
+    None; v (d,) = the full run's v_t − v₀; dv (n, d) when kept, else None. All on the
+    features' device.
     """
 
     sq_weight_change: Tensor
@@ -622,7 +623,7 @@ def loo_primal(
     n_total, d = phi.shape
     n = n_total // k
     lam_loo = lam if lam_loo is None else lam_loo
-    dev = phi.device  # the algebra runs where the features are; results come back on the host
+    dev = phi.device  # the algebra and its results stay where the features are
     r0 = r0.to(device=dev, dtype=torch.float64)
     eye = torch.eye(d, dtype=torch.float64, device=dev)
     gram = torch.zeros((d, d), dtype=torch.float64, device=dev)
@@ -676,7 +677,7 @@ def loo_primal(
             record(i0, dv if offset is None else dv + offset)
             if progress is not None:
                 progress(min(i0 + chunk, n), n)
-        return PrimalLoo(*_host(sq.clamp_min(0.0), sq_f, v, dv_all), jitter, jitter_eps, s_min, s_max)
+        return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, jitter, jitter_eps, s_min, s_max)
 
     s, vecs = torch.linalg.eigh(gram + lam * eye)
     v = -(vecs @ (gd_filter(s, eta=eta, t=t, time=time) * (vecs.T @ b)))
@@ -690,13 +691,7 @@ def loo_primal(
         record(i, (v - v_loo).reshape(1, -1))
         if progress is not None:
             progress(i + 1, n)
-    return PrimalLoo(*_host(sq.clamp_min(0.0), sq_f, v, dv_all), 0.0, 0.0, float(s.min()), float(s.max()))
-
-
-def _host(
-    sq: Tensor, sq_f: Tensor | None, v: Tensor, dv: Tensor | None
-) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
-    return sq.cpu(), None if sq_f is None else sq_f.cpu(), v.cpu(), None if dv is None else dv.cpu()
+    return PrimalLoo(sq.clamp_min(0.0), sq_f, v, dv_all, 0.0, 0.0, float(s.min()), float(s.max()))
 
 
 def loo_primal_finite(

@@ -66,6 +66,12 @@ REQUESTS: dict[str, dict[str, Any]] = {
         "seed": 1,
         "params": {"epochs": 10},
     },
+    "label-issues": {
+        "kind": "label-issues",
+        "dataset": {"builtin": "digits", "label_noise": 0.2},
+        "model": {"arch": "mlp", "hidden": [64]},
+        "params": {"method": "ensemble", "epochs": 20, "folds": 3},
+    },
     "supervision-complexity": {
         "kind": "supervision-complexity",
         "dataset": GAUSSIANS,
