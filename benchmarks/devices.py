@@ -70,9 +70,25 @@ REQUESTS: dict[str, dict[str, Any]] = {
         "model": {"arch": "mlp"},
         "params": {"teacher": {"arch": "mlp", "hidden": [512, 512]}},
     },
+    "label-issues": {
+        "kind": "label-issues",
+        "dataset": NOISY_DIGITS,
+        "model": {"arch": "mlp", "hidden": [128]},
+        "params": {"epochs": 60, "lr": 3e-3},
+    },
 }
-CHEAP = ["training-dynamics", "fcmi-bound", "limit", "supervision-complexity", "distillation"]
-HEADLINE_WORDS = ("accuracy", "auroc", "bound", "gap", "spearman", "complexity")
+CHEAP = ["training-dynamics", "fcmi-bound", "limit", "supervision-complexity", "distillation", "label-issues"]
+HEADLINE_WORDS = (
+    "accuracy",
+    "auroc",
+    "bound",
+    "gap",
+    "spearman",
+    "complexity",
+    "precision",
+    "recall",
+    "n_issues",
+)
 
 
 @contextmanager

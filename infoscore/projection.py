@@ -142,14 +142,15 @@ def projected_features(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> Tensor:
-    """Φ (n, k, d) = J(x) R, projecting Jacobian chunks as they are formed (J never whole)."""
+    """Φ (n, k, d) = J(x) R, projecting Jacobian chunks as they are formed (J never whole).
+    Φ stays on the Jacobians' device, where the LOO algebra then runs."""
     n = x.shape[0]
     out: Tensor | None = None
     for start, jac in jacobian_chunks(model, x, batch_size=batch_size, should_stop=should_stop):
         phi = projector.project(jac)
         if out is None:
-            out = torch.empty((n, phi.shape[1], projector.d), dtype=projector.dtype)
-        out[start : start + phi.shape[0]] = phi.cpu()
+            out = torch.empty((n, phi.shape[1], projector.d), dtype=projector.dtype, device=phi.device)
+        out[start : start + phi.shape[0]] = phi
         if progress is not None:
             progress(min(start + batch_size, n), n)
     if out is None:

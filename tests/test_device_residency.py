@@ -92,6 +92,33 @@ REQUESTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Where results leave the device: the functions that turn a job's outputs into host
+# arrays (scores, predictions, probabilities for confident learning, saved weights). Any
+# other device-to-host copy may move at most SCALAR_COPY elements per call site (progress,
+# per-epoch losses, a convergence check); a bulk copy elsewhere fails the test.
+RESULT_SITES = {
+    "infoscore/sample_info.py": {"sample_information", "host"},
+    "infoscore/scores.py": {"training_dynamics", "to_numpy"},
+    "infoscore/fcmi.py": {"train_units"},
+    "infoscore/limit.py": {"score_samples", "table"},
+    "infoscore/label_issues.py": {"_softmax64"},
+    "infoscore/distill.py": {"_target"},
+    "infoscore/models.py": {"save_safetensors", "<dictcomp>"},
+    "infoscore/distill_protocol.py": {"_safetensors_bytes", "<dictcomp>"},
+}
+SCALAR_COPY = 64
+
+
+def _bulk_copies_outside_results(mode: VirtualDevice) -> dict[str, int]:
+    out = {}
+    for where, count in mode.copied.items():
+        inner = where.split(" <- ")[0]  # "file:line function"
+        path, function = inner.split(":")[0], inner.split(" ")[-1]
+        if count > SCALAR_COPY and function not in RESULT_SITES.get(path, set()):
+            out[where] = count
+    return out
+
+
 def _run(request: dict[str, Any], device: torch.device, workdir: Path) -> JobOutput:
     ctx = make_context({**request, "device": "cpu"}, workdir)
     ctx.device = device
@@ -126,6 +153,7 @@ def test_job_runs_device_resident(name: str, tmp_path: Path) -> None:
     with VirtualDevice() as mode:
         on_device = _run(request, VirtualDevice.DEVICE, tmp_path / "device")
     assert not mode.violations, f"{name}: what CUDA would refuse\n{report(mode)}"
+    assert not _bulk_copies_outside_results(mode), f"{name}: copied to the host mid-job\n{report(mode)}"
 
     torch.manual_seed(0)
     plain = _run(request, torch.device("cpu"), tmp_path / "cpu")
@@ -173,6 +201,22 @@ def test_stand_in_flags_what_cuda_refuses_and_nothing_else() -> None:
     assert "add mixes" in kinds[3] and "device index" in kinds[4]
 
 
+def test_a_bulk_copy_to_the_host_mid_job_is_caught() -> None:
+    """What the dense projection did before it kept Φ on the device."""
+    from infoscore import models
+    from infoscore.projection import projected_features, projector_for
+
+    dev = VirtualDevice.DEVICE
+    with VirtualDevice() as mode:
+        net = models.build_model({"arch": "mlp", "hidden": [8]}, (4,), 3, seed=0).to(dev)
+        x = torch.randn(20, 4, device=dev)
+        phi = projected_features(net, x, projector_for(net, 16, device=dev))
+        assert phi.device == dev
+        assert not _bulk_copies_outside_results(mode), report(mode)
+        _ = phi.cpu()  # a copy no result needs
+    assert list(_bulk_copies_outside_results(mode).values()) == [20 * 3 * 16], report(mode)
+
+
 def test_stand_in_catches_the_projected_path_bug_of_the_h200_trial() -> None:
     """The trial's crash: the primal LOO came back on the host and met device features."""
     from infoscore.sample_info import loo_primal
@@ -185,3 +229,25 @@ def test_stand_in_catches_the_projected_path_bug_of_the_h200_trial() -> None:
         _ = phi @ res.v  # fine now: the result stays on the device
         _ = phi @ res.v.cpu()  # what the old code did
     assert len(mode.violations) == 1 and "matmul mixes" in mode.violations[0], report(mode)
+
+
+@pytest.mark.parametrize("structure", ["dense", "kronecker"])
+def test_library_projected_sample_information_device_resident(structure: str) -> None:
+    """The dense per-sample projection is a library option (``projection_structure``) the
+    job requests above do not reach; both projections through the library call."""
+    import infoscore
+    from infoscore.data import make_gaussians
+
+    ds = make_gaussians(n=200, dim=6, classes=3, n_test=40, label_noise=0.2, seed=1)
+    config = infoscore.SampleInformationConfig(
+        method="projected", projection_structure=structure, projection_dim=32, t=30,  # type: ignore[arg-type]
+        measures=("weights", "predictions", "weights_full"), seed=2,
+    )  # fmt: skip
+    model = {"arch": "mlp", "hidden": [8]}
+    with VirtualDevice() as mode:
+        on_device = infoscore.sample_information(ds, model, config, device=VirtualDevice.DEVICE)
+    assert not mode.violations, report(mode)
+    assert not _bulk_copies_outside_results(mode), report(mode)
+    plain = infoscore.sample_information(ds, model, config, device="cpu")
+    for col in plain.table().columns:
+        np.testing.assert_array_equal(on_device.table()[col].to_numpy(), plain.table()[col].to_numpy(), col)

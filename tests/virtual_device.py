@@ -25,8 +25,9 @@ And what it counts (``syncs``): every device-to-host read (``.cpu()``, ``.item()
 a job waits on its device.
 
 Limits: code that branches on ``device.type == 'cuda'`` takes its CPU branch here, and
-tensors made inside C++ (autograd's gradients, ``torch.func`` wrappers) start without a
-side and take the side of what they meet.
+tensors made inside C++ (autograd's gradients, ``torch.func`` outputs, ``torch.load``)
+start without a side: they mix with either side, take the side of what they meet, and
+report the device as their ``.device`` (inside a job they come from device tensors).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def _short(filename: str) -> str:
 def _where() -> str:
     frames = [
         f"{_short(f.filename)}:{f.lineno} {f.name}"
-        for f in traceback.extract_stack()[:-3]
+        for f in traceback.extract_stack()
         if any(part in f.filename for part in _OUR_CODE) and "tests/" not in f.filename
     ]
     return " <- ".join(reversed(frames[-3:])) or "(outside infoscore)"
@@ -93,6 +94,7 @@ class VirtualDevice(TorchFunctionMode):
         super().__init__()
         self.violations: list[str] = []
         self.syncs: Counter[str] = Counter()
+        self.copied: Counter[str] = Counter()  # elements moved device -> host, by call site
         self._sides: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self._saved: dict[str, Any] = {}
 
@@ -153,7 +155,9 @@ class VirtualDevice(TorchFunctionMode):
         if name in _NUMPY_METHODS and self_side == DEV:
             self._violate(f"{name}() of a device tensor (CUDA raises)")
         if name in _SYNC_METHODS | {"cpu"} and self_side == DEV:
-            self.syncs[f"{name} at {_where()}"] += 1
+            where = _where()
+            self.syncs[f"{name} at {where}"] += 1
+            self.copied[where] += args[0].numel()
 
         generator = kwargs.get("generator")
         if isinstance(generator, _VirtualGenerator):
@@ -195,7 +199,9 @@ class VirtualDevice(TorchFunctionMode):
     def _attribute(self, func: Any, attr: str, how: str, args: tuple) -> Any:
         owner = args[0]
         if how == "__get__":
-            if attr == "device" and self.side(owner) == DEV:
+            if attr == "device" and self.side(owner) != HOST:
+                # A tensor without a side was made in C++ (autograd, torch.func) from the
+                # job's tensors: on CUDA it would be on the device.
                 return self.DEVICE
             out = func(*args)
             views = ("data", "grad", "T", "mT", "H", "mH", "real", "imag")
@@ -222,7 +228,9 @@ class VirtualDevice(TorchFunctionMode):
         src_side = self.side(src)
         if target is not None and target != src_side:
             if src_side == DEV:
-                self.syncs[f"to(cpu) at {_where()}"] += 1
+                where = _where()
+                self.syncs[f"to(cpu) at {where}"] += 1
+                self.copied[where] += src.numel()
             if out is src and (src_side is not None or target == DEV):
                 out = out.clone()  # a move between devices copies
         self._mark(out, target)
@@ -241,4 +249,6 @@ def report(mode: VirtualDevice) -> str:
     lines = [f"{len(mode.violations)} violations"] + [f"  {v}" for v in dict.fromkeys(mode.violations)]
     lines.append(f"{sum(mode.syncs.values())} device-to-host reads")
     lines += [f"  {count:5d}  {where}" for where, count in mode.syncs.most_common(12)]
+    lines.append(f"{sum(mode.copied.values())} elements copied to the host")
+    lines += [f"  {count:9d}  {where}" for where, count in mode.copied.most_common(12)]
     return "\n".join(lines)
