@@ -417,7 +417,8 @@ def build_targets(
     m = y_sub.shape[0]
     targets = [
         _target("labels", one_hot_targets(y_sub, k), None, y_sub),
-        _target("random_labels", random_label_targets(m, k, seed=random_seed), None, y_sub),
+        # Drawn on the host (the same labels on every device), moved to the device once.
+        _target("random_labels", random_label_targets(m, k, seed=random_seed).to(y_sub.device), None, y_sub),
     ]
     if teacher is None:
         return targets

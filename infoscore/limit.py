@@ -63,7 +63,7 @@ from .limit_config import LimitConfig, QLaw
 from .models import build_model, save_safetensors
 from .progress import ProgressFn, StopFn, check_stop
 from .scores import auroc
-from .training import as_tensor, batch_order, make_optimizer, predict_logits, train_classifier
+from .training import as_tensor, epoch_batches, make_optimizer, predict_logits, train_classifier
 
 Q_SEED_OFFSET = 10_000
 SPLIT_SEED_OFFSET = 20_000
@@ -629,11 +629,14 @@ def train_limit(
             update_classifier = epoch > cfg.warm_up
             classifier.train(update_classifier)
             q_network.train()
-            for idx in batch_order(x_fit.shape[0], cfg.batch_size, order_gen):
-                idx = idx.to(device)
-                noise = None
-                if cfg.sample_from_q and update_classifier:
-                    noise = sample_q_noise((idx.numel(), k), cfg.q_law, noise_gen, cfg.lamb).to(device)
+            # The order and the noise are drawn on the host (the same numbers on every
+            # device) and reach the device once per epoch, not once per batch.
+            batches = epoch_batches(x_fit.shape[0], cfg.batch_size, order_gen, device)
+            noises: list[torch.Tensor | None] = [None] * len(batches)
+            if cfg.sample_from_q and update_classifier:
+                drawn = [sample_q_noise((b.numel(), k), cfg.q_law, noise_gen, cfg.lamb) for b in batches]
+                noises = list(torch.cat(drawn).to(device).split([b.numel() for b in batches]))
+            for idx, noise in zip(batches, noises, strict=True):
                 surrogate, lq = limit_losses(
                     classifier,
                     q_network,

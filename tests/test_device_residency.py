@@ -251,3 +251,17 @@ def test_library_projected_sample_information_device_resident(structure: str) ->
     plain = infoscore.sample_information(ds, model, config, device="cpu")
     for col in plain.table().columns:
         np.testing.assert_array_equal(on_device.table()[col].to_numpy(), plain.table()[col].to_numpy(), col)
+
+
+def test_limit_moves_order_and_noise_to_the_device_once_per_epoch() -> None:
+    """LIMIT drew each batch's indices and q-noise on the host and moved them one batch at a
+    time: on CUDA, a synchronising copy per step."""
+    import infoscore
+    from infoscore.data import load_digits
+
+    ds = load_digits(label_noise=0.4, seed=0)
+    config = infoscore.LimitConfig(epochs=3, batch_size=64, sample_from_q=True, baseline=False, seed=1)
+    with VirtualDevice() as mode:
+        infoscore.limit(ds, {"arch": "mlp", "hidden": [16]}, config, device=VirtualDevice.DEVICE)
+    assert not mode.violations, report(mode)
+    assert mode.uploads and max(mode.uploads.values()) <= config.epochs, report(mode)  # 17 batches an epoch

@@ -95,6 +95,7 @@ class VirtualDevice(TorchFunctionMode):
         self.violations: list[str] = []
         self.syncs: Counter[str] = Counter()
         self.copied: Counter[str] = Counter()  # elements moved device -> host, by call site
+        self.uploads: Counter[str] = Counter()  # host -> device moves, by call site
         self._sides: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self._saved: dict[str, Any] = {}
 
@@ -227,6 +228,8 @@ class VirtualDevice(TorchFunctionMode):
         target = self.side(other) if other is not None else _side_of_device(device)
         src_side = self.side(src)
         if target is not None and target != src_side:
+            if src_side == HOST and target == DEV:
+                self.uploads[_where()] += 1
             if src_side == DEV:
                 where = _where()
                 self.syncs[f"to(cpu) at {where}"] += 1
@@ -249,6 +252,8 @@ def report(mode: VirtualDevice) -> str:
     lines = [f"{len(mode.violations)} violations"] + [f"  {v}" for v in dict.fromkeys(mode.violations)]
     lines.append(f"{sum(mode.syncs.values())} device-to-host reads")
     lines += [f"  {count:5d}  {where}" for where, count in mode.syncs.most_common(12)]
+    lines.append(f"{sum(mode.uploads.values())} host-to-device moves")
+    lines += [f"  {count:5d}  {where}" for where, count in mode.uploads.most_common(6)]
     lines.append(f"{sum(mode.copied.values())} elements copied to the host")
     lines += [f"  {count:9d}  {where}" for where, count in mode.copied.most_common(12)]
     return "\n".join(lines)
