@@ -229,3 +229,12 @@ def test_sample_information_structured_kernel_and_kronecker_projection_on_cuda(m
     np.testing.assert_allclose(gpu.si_weights, cpu.si_weights, rtol=1e-4)
     assert cpu.si_predictions is not None and gpu.si_predictions is not None
     np.testing.assert_allclose(gpu.si_predictions, cpu.si_predictions, rtol=1e-4)
+
+
+@needs_cuda
+def test_worker_child_warms_cuda_before_its_first_job() -> None:
+    """The CUDA context and the cuBLAS / cuSOLVER handles exist once the child started."""
+    from workers.celery_app import _warm_cuda
+
+    _warm_cuda(torch)
+    assert torch.cuda.is_initialized()

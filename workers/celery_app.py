@@ -65,6 +65,23 @@ def _init_child(**_: Any) -> None:
     # torch.optim imports torch._dynamo on first use (about 1 s of CPU): pay it when the
     # child starts, not inside the first job's time.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    if settings.worker_device != "cpu":
+        _warm_cuda(torch)
+
+
+def _warm_cuda(torch: Any) -> None:
+    """Create the CUDA context and the cuBLAS / cuSOLVER handles (seconds on a first call)
+    when the child starts, not inside its first job. Never fatal: a job that asks for CUDA
+    then fails with the real error."""
+    try:
+        if not torch.cuda.is_available():
+            return
+        a = torch.eye(8, dtype=torch.float64, device="cuda")
+        torch.linalg.cholesky(a @ a.T + a)
+        torch.ones(8, 8, device="cuda") @ torch.ones(8, 8, device="cuda")
+        torch.cuda.synchronize()
+    except Exception as exc:  # pragma: no cover - needs a broken CUDA setup
+        log.warning("CUDA warm-up failed (%s); jobs will initialise CUDA themselves", exc)
 
 
 _reaper_stop = threading.Event()
