@@ -52,7 +52,7 @@ step() {
     local name=$1 limit=$2 log=$3 t0=$SECONDS rc state
     shift 3
     echo "== $name (at most $limit s): $*"
-    timeout -s INT -k 30 "$limit" "$@" 2>&1 | tee "$log"
+    timeout -s INT -k 20 "$limit" "$@" 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     case $rc in
         0) state=ok ;;
@@ -70,9 +70,11 @@ elif ! ls .whl/*.whl >/dev/null 2>&1; then
     note "wheels: NONE in .whl/ (run bash benchmarks/gpu_wheels.sh here, and carry [\".whl\"])"
     export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 else
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl 2>&1 | tail -5
-    note "wheels: pip install of $(ls .whl/*.whl | wc -l) wheels into /tmp/site: exit ${PIPESTATUS[0]}"
+    log=$("$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl 2>&1)
+    rc=$?
+    note "wheels: pip install of $(ls .whl/*.whl | wc -l) wheels into /tmp/site: exit $rc"
+    [ -n "$log" ] && note "$(echo "$log" | tail -5)"
     export PYTHONPATH=/tmp/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}
 fi
 
@@ -100,7 +102,7 @@ ALL="training-dynamics sample-information sample-information-projected fcmi-boun
 # shellcheck disable=SC2086
 step "devices.py --device cuda" 240 "$OUT/devices_cuda.log" \
     "$PY" benchmarks/devices.py --device cuda --kinds $ALL --json "$OUT/devices_cuda.json"
-note "  devices cuda: $(grep -c '| succeeded |' "$OUT/devices_cuda.log") of 8 jobs succeeded"
+note "  devices cuda: $(grep -c ': succeeded in ' "$OUT/devices_cuda.log") of 8 jobs succeeded"
 grep -E '^\|' "$OUT/devices_cuda.log" >>"$SUMMARY"
 
 if [ "$CPU" = 1 ]; then
@@ -109,7 +111,7 @@ if [ "$CPU" = 1 ]; then
     if [ "$limit" -ge 60 ]; then
         step "devices.py --device cpu" "$limit" "$OUT/devices_cpu.log" \
             "$PY" benchmarks/devices.py --device cpu --json "$OUT/devices_cpu.json"
-        note "  devices cpu: $(grep -c '| succeeded |' "$OUT/devices_cpu.log") of 6 jobs succeeded"
+        note "  devices cpu: $(grep -c ': succeeded in ' "$OUT/devices_cpu.log") of 6 jobs succeeded"
         grep -E '^\|' "$OUT/devices_cpu.log" >>"$SUMMARY"
     else
         note "devices.py --device cpu: skipped, only $left s of the $BUDGET s budget left"
@@ -119,5 +121,6 @@ fi
 logs=$(cd "$TMPDIR" && find . -path '*infoscore-devices-*' -name '*.log' 2>/dev/null)
 # shellcheck disable=SC2086
 [ -n "$logs" ] && tar -czf "$OUT/service_logs.tgz" -C "$TMPDIR" $logs
+rm -rf "$TMPDIR"
 note "done in $SECONDS s; files: $(cd "$OUT" && echo *)"
 exit 0

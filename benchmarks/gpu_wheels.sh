@@ -2,9 +2,14 @@
 # Wheels for the GPU check machine (issue 10's last step): what `bash benchmarks/gpu_check.sh`
 # needs there and the machine lacks.
 #
-# Run HERE (a machine with PyPI), from anywhere in the repo:
+# Run HERE (a machine with PyPI), in the checkout that the `run` tool sends (the session's own
+# checkout, e.g. /work/main: a helper's worktree does not travel):
 #     bash benchmarks/gpu_wheels.sh           # fills .whl/ (emptied first), prints sizes, then checks
 #     bash benchmarks/gpu_wheels.sh --check   # only checks the .whl/ already there
+# then the GPU check is ONE call of the session's `run` tool (see benchmarks/gpu_check.sh):
+#     run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
+# and its files (summary.txt, gpu_tests.log, devices_cuda.log/.json, service_logs.tgz) come back
+# under the reply's files_at.
 #
 # The device machine (NVIDIA H200 lent through the session's `run` tool) has Python 3.12.3,
 # torch 2.11 (CUDA), numpy, pandas, pyarrow, scipy, scikit-learn, matplotlib, httpx, jinja2,
@@ -40,8 +45,9 @@ print(" ".join(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' $NEED $SHADOW)
     for n in $(seq 17 39); do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
     rm -rf .whl
     # shellcheck disable=SC2086
+    # (grep drops the warnings this machine's pip config gives about absent local indexes)
     "$VENV_PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-        --implementation cp "${platforms[@]}" -d .whl $pins
+        --implementation cp "${platforms[@]}" -d .whl $pins 2>&1 | { grep -v '^WARNING: Location' || true; }
     ls -1 .whl
     wheels=$(du -cb .whl/*.whl | tail -1 | cut -f1)
     repo=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | awk '/\ttotal$/ {s += $1} END {print s}')

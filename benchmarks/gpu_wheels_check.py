@@ -31,7 +31,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 TEST_NEEDS = ["pytest", "pytest-timeout", "hypothesis"]
 # The nvidia-h200 image's packages (/work/.library/device/KINDS.md, read there on 2026-11-17).
-DEVICE = """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs
+DEVICE_LIST = """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs
 botorch build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage
 cuda-bindings cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops
 equinox etils execnet filelock flatbuffers flax fonttools formulaic frozenlist fsspec gpytorch grpcio
@@ -52,7 +52,8 @@ sentencepiece sentence-transformers setuptools shellingham simplejson six sorted
 statsmodels sympy tabulate tensorboard tensorboard-data-server tensorstore threadpoolctl tifffile
 tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric torchmetrics torchvision
 tqdm transformers treescope triton typer typing-extensions typing-inspect urllib3 uvloop
-wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp""".split()
+wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp"""
+DEVICE = frozenset(DEVICE_LIST.split())
 DEVICE_ENV = {
     "python_version": "3.12",
     "python_full_version": "3.12.3",
@@ -91,16 +92,16 @@ def main() -> int:
     mode.add_argument("--installed", action="store_true", help="check this interpreter's packages")
     args = ap.parse_args()
 
-    env: dict[str, str] = dict(DEVICE_ENV) if args.wheels else dict(default_environment())
+    env = dict(DEVICE_ENV) if args.wheels else {k: str(v) for k, v in default_environment().items()}
     # name -> (version, requirements) of what provides it: a wheel, or an installed distribution.
     found: dict[str, tuple[Version | None, list[str]]] = {}
     problems: list[str] = []
     if args.wheels:
         for path in sorted(args.wheels.glob("*.whl")):
-            name, version, requires = wheel_metadata(path)
+            name, wheel_version, requires = wheel_metadata(path)
             if name in found:
-                problems.append(f"two wheels of {name}: {found[name][0]} and {version}")
-            found[name] = (version, requires)
+                problems.append(f"two wheels of {name}: {found[name][0]} and {wheel_version}")
+            found[name] = (wheel_version, requires)
 
     def lookup(name: str) -> tuple[Version | None, list[str]] | None:
         if args.wheels:
@@ -128,7 +129,9 @@ def main() -> int:
         used.add(name)
         if version is None:
             if req.specifier:
-                unverified.add(f"{req.name}{req.specifier} (by {parent}; on the device, version unknown here)")
+                unverified.add(
+                    f"{req.name}{req.specifier} (by {parent}; on the device, version unknown here)"
+                )
         elif not req.specifier.contains(version, prereleases=True):
             problems.append(f"version: {parent} needs {req}, found {name} {version}")
         key = (name, frozenset(req.extras))
@@ -144,10 +147,10 @@ def main() -> int:
         print(f"  note: {line}")
     for name in sorted(set(found) - used):
         print(f"  unused wheel: {name}")
-    for line in problems:
+    for line in dict.fromkeys(problems):
         print(f"PROBLEM {line}")
     where = f"wheels in {args.wheels} + the device's list" if args.wheels else sys.executable
-    print(f"requirements check ({where}): {len(used)} packages, {len(problems)} problems")
+    print(f"requirements check ({where}): {len(used)} packages, {len(set(problems))} problems")
     return 1 if problems else 0
 
 
