@@ -63,6 +63,7 @@ from .limit_config import LimitConfig, QLaw
 from .models import build_model, save_safetensors
 from .progress import ProgressFn, StopFn, check_stop
 from .scores import auroc
+from .threads import training_thread_count, using_threads
 from .training import as_tensor, epoch_batches, make_optimizer, predict_logits, train_classifier
 
 Q_SEED_OFFSET = 10_000
@@ -623,6 +624,7 @@ def train_limit(
     tracker = EpochTracker(data, cfg.patience, patience_start=cfg.warm_up)
     x_fit, y_fit = data.x[data.fit_idx], data.y_noisy[data.fit_idx]
     total = progress_total if progress_total is not None else cfg.epochs
+    threads = training_thread_count([classifier, q_network], x_fit, cfg.batch_size)
     with seeded_global_rng(cfg.seed + DROPOUT_SEED_OFFSET, device):
         for epoch in range(1, cfg.epochs + 1):
             check_stop(should_stop)
@@ -636,20 +638,21 @@ def train_limit(
             if cfg.sample_from_q and update_classifier:
                 drawn = [sample_q_noise((b.numel(), k), cfg.q_law, noise_gen, cfg.lamb) for b in batches]
                 noises = list(torch.cat(drawn).to(device).split([b.numel() for b in batches]))
-            for idx, noise in zip(batches, noises, strict=True):
-                surrogate, lq = limit_losses(
-                    classifier,
-                    q_network,
-                    x_fit[idx],
-                    y_fit[idx],
-                    beta=cfg.beta,
-                    law=cfg.q_law,
-                    update_classifier=update_classifier,
-                    noise=noise,
-                )
-                opt.zero_grad(set_to_none=True)
-                (surrogate + lq).backward()
-                opt.step()
+            with using_threads(threads):
+                for idx, noise in zip(batches, noises, strict=True):
+                    surrogate, lq = limit_losses(
+                        classifier,
+                        q_network,
+                        x_fit[idx],
+                        y_fit[idx],
+                        beta=cfg.beta,
+                        law=cfg.q_law,
+                        update_classifier=update_classifier,
+                        noise=noise,
+                    )
+                    opt.zero_grad(set_to_none=True)
+                    (surrogate + lq).backward()
+                    opt.step()
             tracker(epoch, classifier)
             if progress is not None:
                 progress(progress_offset + epoch, total)

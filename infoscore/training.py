@@ -28,6 +28,7 @@ from torch import nn
 
 from .errors import invalid
 from .progress import ProgressFn, StopFn, check_stop
+from .threads import training_thread_count, using_threads
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -147,6 +148,7 @@ def train_classifier(
     # Per-epoch sums stay on the device: one host transfer at the end, not two per batch.
     epoch_loss: list[torch.Tensor] = []
     epoch_correct: list[torch.Tensor] = []
+    threads = training_thread_count([model], x, batch_size)
     if on_epoch is not None:
         on_epoch(0, model)
     for epoch in range(1, epochs + 1):
@@ -154,17 +156,18 @@ def train_classifier(
         model.train()
         total_loss = torch.zeros((), dtype=torch.float64, device=x.device)
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
-        for idx in epoch_batches(n, batch_size, gen, x.device):
-            logits = model(x[idx])
-            if loss_fn is None:
-                loss = nn.functional.cross_entropy(logits, y[idx])
-            else:
-                loss = loss_fn(logits, y[idx], idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total_loss += loss.detach().double() * idx.numel()
-            correct += (logits.detach().argmax(1) == y[idx]).sum()
+        with using_threads(threads):
+            for idx in epoch_batches(n, batch_size, gen, x.device):
+                logits = model(x[idx])
+                if loss_fn is None:
+                    loss = nn.functional.cross_entropy(logits, y[idx])
+                else:
+                    loss = loss_fn(logits, y[idx], idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total_loss += loss.detach().double() * idx.numel()
+                correct += (logits.detach().argmax(1) == y[idx]).sum()
         epoch_loss.append(total_loss)
         epoch_correct.append(correct)
         if on_epoch is not None:
@@ -340,6 +343,9 @@ class Ensemble:
         n = rows.shape[1]
         models = torch.arange(self.size, device=self.device)[:, None]
         per_epoch = self.size * n * x[:1].numel() * x.element_size() <= EPOCH_GATHER_BYTES
+        threads = training_thread_count(
+            [self._skeleton], x[:1].to("meta"), batch_size, copies=self.size, device=self.device
+        )
         if on_epoch is not None:
             on_epoch(0, self)
         for epoch in range(1, epochs + 1):
@@ -351,18 +357,19 @@ class Ensemble:
             picked = rows[models, order]  # (M, n) pool rows in this epoch's order
             # One gather per epoch when it fits; the mini-batches are then slices of it.
             x_epoch = x[picked] if per_epoch else None
-            for start in range(0, n, batch_size):
-                idx = picked[:, start : start + batch_size]
-                xb = x_epoch[:, start : start + batch_size] if x_epoch is not None else x[idx]
-                yb = y[idx]
-                logits = self.logits(xb)
-                per_model = nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none"
-                ).view(self.size, -1)
-                # Sum of the models' mean losses: each model's gradient is its own loss's.
-                loss = per_model.mean(1).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            with using_threads(threads):
+                for start in range(0, n, batch_size):
+                    idx = picked[:, start : start + batch_size]
+                    xb = x_epoch[:, start : start + batch_size] if x_epoch is not None else x[idx]
+                    yb = y[idx]
+                    logits = self.logits(xb)
+                    per_model = nn.functional.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none"
+                    ).view(self.size, -1)
+                    # Sum of the models' mean losses: each model's gradient is its own loss's.
+                    loss = per_model.mean(1).sum()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
             if on_epoch is not None:
                 on_epoch(epoch, self)

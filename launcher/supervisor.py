@@ -34,8 +34,6 @@ def free_port() -> int:
 
 
 WORKER_NICE = 10
-# Rounds an idle OpenMP thread spins before it sleeps, in the embedded worker (see _env).
-GOMP_SPINCOUNT = 10_000
 
 
 def worker_niceness() -> int:
@@ -174,15 +172,10 @@ class Supervisor:
         # (measured in docs/benchmarks/devices.md).
         cores = os.cpu_count() or 1
         env.setdefault("INFOSCORE_TORCH_THREADS", str(max(1, cores // self.workers)))
-        # OpenMP threads wait at each barrier. libgomp's default spins for ~300k rounds:
-        # with every core in use, a preempted thread leaves the others spinning (measured
-        # 20-64x slower per training step with two busy processes beside the job). Passive
-        # waiting sleeps at once, and every small operation pays a wake-up (1.3-4x slower
-        # than one thread on a quiet box). A short spin keeps both cases near their best
-        # (docs/benchmarks/devices.md, "Embedded thread policy"); OMP_WAIT_POLICY, if set,
-        # still wins.
-        if "OMP_WAIT_POLICY" not in env:
-            env.setdefault("GOMP_SPINCOUNT", str(GOMP_SPINCOUNT))
+        # With every core in use, a preempted OpenMP thread leaves the others spinning at
+        # the next barrier (measured: 12-45x slower on a busy 2-core box); passive waiting
+        # makes them sleep instead.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
