@@ -98,7 +98,7 @@ def test_ensemble_steps_on_one_thread(two_threads: None) -> None:
         seen.append(torch.get_num_threads())
         return original(xb)
 
-    ens.logits = logits  # type: ignore[method-assign]
+    ens.logits = logits  # type: ignore[method-assign,assignment]
     ens.train(x, y, rows, seeds=[0, 1, 2], epochs=1, batch_size=10)
     assert seen and set(seen) == {1}
     assert torch.get_num_threads() == 2
