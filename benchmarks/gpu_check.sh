@@ -40,6 +40,8 @@ mkdir -p "$OUT"
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 export PYTHONUNBUFFERED=1
+# The embedded worker consumes the CUDA queue when it sees a GPU ("auto"); say so outright.
+export INFOSCORE_WORKER_DEVICE=${INFOSCORE_WORKER_DEVICE:-cuda}
 # The devices.py runs keep their data dirs (and the service's logs) in here.
 TMPDIR=$(mktemp -d /tmp/gpu-check.XXXXXX)
 export TMPDIR

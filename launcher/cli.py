@@ -123,8 +123,8 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
     """Run one Celery worker (prefork) against INFOSCORE_BROKER_URL / INFOSCORE_DATABASE_URL."""
-    from contracts.tasks import QUEUE_JOBS
     from workers.celery_app import app as celery_app
+    from workers.registry import worker_queues
     from workers.settings import get_worker_settings
 
     settings = get_worker_settings()
@@ -140,7 +140,8 @@ def worker(
             f"--concurrency={n}",
             f"--loglevel={loglevel}",
             "-Q",
-            QUEUE_JOBS,
+            # infoscore.jobs, plus infoscore.jobs.cuda on a worker that can run CUDA jobs
+            ",".join(worker_queues(settings)),
             "--without-gossip",
             "--without-mingle",
             "-n",

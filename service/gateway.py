@@ -6,7 +6,9 @@ Routes never close over ``create_app``'s locals: they declare ``gw: GatewayDep``
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -18,6 +20,9 @@ from store.db import JobStore
 from .auth import Caller, KeyResolver, RateLimiter, authenticate
 from .errors import ProblemError
 from .settings import ServiceSettings
+
+# How long the gateway trusts its last count of GPU workers.
+GPU_WORKERS_CACHE_S = 5.0
 
 # One retry policy for connecting to the broker and for sending a task on it.
 BROKER_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
@@ -48,10 +53,50 @@ class Gateway:
             broker_transport_options=dict(BROKER_RETRY),
         )
 
-    def send(self, job_id: str) -> None:
+        self._gpu_lock = threading.Lock()
+        self._gpu_seen: tuple[float, int | None] = (-1e9, None)
+
+    def send(self, job_id: str, device: str | None = None) -> None:
         self.celery.send_task(
-            names.RUN_JOB, args=[job_id], queue=names.QUEUE_JOBS, retry=True, retry_policy=dict(BROKER_RETRY)
+            names.RUN_JOB,
+            args=[job_id],
+            queue=names.job_queue(device),
+            retry=True,
+            retry_policy=dict(BROKER_RETRY),
         )
+
+    def gpu_workers(self, max_age: float = GPU_WORKERS_CACHE_S) -> int | None:
+        """How many workers announce the CUDA queue (contracts.tasks.WORKER_KEY_PREFIX), read
+        from the broker at most every ``max_age`` seconds. None when that cannot be told: a
+        broker other than Redis, or one that does not answer (then sending fails anyway)."""
+        with self._gpu_lock:
+            seen_at, count = self._gpu_seen
+            if time.monotonic() - seen_at < max_age:
+                return count
+            count = _count_gpu_workers(self.settings.broker_url)
+            self._gpu_seen = (time.monotonic(), count)
+            return count
+
+
+def _count_gpu_workers(broker_url: str) -> int | None:
+    if not broker_url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    try:
+        client = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
+        keys = list(client.scan_iter(match=names.WORKER_KEY_PREFIX + "*", count=200))
+        values = client.mget(keys) if keys else []
+    except Exception:
+        return None
+    count = 0
+    for raw in values:
+        try:
+            queues = json.loads(raw or b"{}").get("queues", [])
+        except (ValueError, AttributeError):
+            continue
+        count += names.QUEUE_JOBS_CUDA in queues
+    return count
 
 
 def authenticate_or_throttle(gw: Gateway, authorization: str | None, client: str) -> Caller:

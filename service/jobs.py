@@ -45,7 +45,7 @@ def submit_job(gw: Gateway, job: JobRequest, tenant: str, idempotency_key: str |
             _check_same_request(prior, request, fingerprint, "; use a new key for a new job")
             if gw.store.requeue_unsent(prior["id"], BROKER_UNAVAILABLE):
                 # The first attempt was answered 503 "retry later": this is that retry.
-                enqueue(gw, prior["id"])
+                enqueue(gw, prior["id"], prior["request"].get("device"))
                 metrics.JOBS_SUBMITTED.labels(kind=job.kind).inc()
                 prior = gw.store.get_job(prior["id"]) or prior
             return Submitted(prior, created=False)
@@ -53,6 +53,7 @@ def submit_job(gw: Gateway, job: JobRequest, tenant: str, idempotency_key: str |
     _raise_checks(checks)
     _check_limits(gw, est)
     check_checkpoint_ref(gw, job, tenant, est)
+    _check_gpu_worker(gw, job.device)
     try:
         row = gw.store.create_job(
             kind=job.kind,
@@ -75,17 +76,32 @@ def submit_job(gw: Gateway, job: JobRequest, tenant: str, idempotency_key: str |
     if not row["created"]:  # a concurrent request with the same Idempotency-Key won
         _check_same_request(row, request, fingerprint, "")
         return Submitted(row, created=False)
-    enqueue(gw, row["id"])
+    enqueue(gw, row["id"], job.device)
     metrics.JOBS_SUBMITTED.labels(kind=job.kind).inc()
     return Submitted(row, created=True)
 
 
-def enqueue(gw: Gateway, job_id: str) -> None:
+def _check_gpu_worker(gw: Gateway, device: str) -> None:
+    """A job that asks for a GPU waits on the CUDA queue, which only GPU workers consume:
+    refuse it now when no worker announces that queue, instead of letting it wait."""
+    if not device.startswith("cuda") or gw.gpu_workers() != 0:
+        return
+    raise ProblemError(
+        422,
+        f"device {device!r}: no worker with a GPU is connected, so the job would wait forever. "
+        "Ask for device 'auto' (a GPU when the worker that takes the job has one) or 'cpu', or "
+        "start a GPU worker (docs/deploy.md, GPU workers).",
+        type_="no-gpu-worker",
+        field="device",
+    )
+
+
+def enqueue(gw: Gateway, job_id: str, device: str | None = None) -> None:
     """Send a recorded job to the broker. When that fails the job is recorded as failed
     with a ``broker-unavailable`` error, and a retry with the same Idempotency-Key
     re-queues it (see :meth:`JobStore.requeue_unsent`)."""
     try:
-        gw.send(job_id)
+        gw.send(job_id, device)
     except Exception as exc:
         gw.store.finish(
             job_id,

@@ -161,17 +161,20 @@ class Environment:
 
 
 class WorkerProcess:
-    def __init__(self, environment: Environment, log: Path, concurrency: int = 1) -> None:
+    def __init__(
+        self, environment: Environment, log: Path, concurrency: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         self.environment = environment
         self.log_path = log
         self.concurrency = concurrency
+        self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "launcher.cli", "worker", f"--concurrency={self.concurrency}"],
-            env=self.environment.env(),
+            env={**self.environment.env(), **self.extra_env},
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,

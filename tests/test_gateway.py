@@ -50,7 +50,7 @@ def gateway(tmp_path: Path) -> Any:
 
 def test_submit_job_records_sends_and_replays_without_http(gateway: Gateway) -> None:
     sent: list[str] = []
-    gateway.send = sent.append  # type: ignore[method-assign,assignment]
+    gateway.send = lambda job_id, device=None: sent.append(job_id)  # type: ignore[method-assign,assignment,misc]
     job = parse_job_request(TD)
     first = submit_job(gateway, job, "alpha", "key-1")
     assert first.created and sent == [first.job["id"]] and first.job["state"] == JobState.queued
@@ -64,7 +64,7 @@ def test_submit_job_records_sends_and_replays_without_http(gateway: Gateway) -> 
 
 
 def test_submit_job_records_a_broker_failure_and_requeues_on_retry(gateway: Gateway) -> None:
-    def broken(job_id: str) -> None:
+    def broken(job_id: str, device: str | None = None) -> None:
         raise ConnectionError("broker down")
 
     gateway.send = broken  # type: ignore[method-assign,assignment]
@@ -79,7 +79,7 @@ def test_submit_job_records_a_broker_failure_and_requeues_on_retry(gateway: Gate
     )
     assert failed["error"]["type"] == "https://infoscore.dev/problems/broker-unavailable"
     sent: list[str] = []
-    gateway.send = sent.append  # type: ignore[method-assign,assignment]
+    gateway.send = lambda job_id, device=None: sent.append(job_id)  # type: ignore[method-assign,assignment,misc]
     retry = submit_job(gateway, job, "alpha", "outage")
     assert retry.job["id"] == failed["id"] and retry.job["state"] == "queued" and sent == [failed["id"]]
 
@@ -88,7 +88,7 @@ def test_submit_job_refuses_over_the_active_job_quota(tmp_path: Path) -> None:
     gw = Gateway(
         ServiceSettings(data_dir=tmp_path / "data", broker_url="redis://127.0.0.1:9/0", max_active_jobs=1)
     )
-    gw.send = lambda job_id: None  # type: ignore[method-assign,assignment]
+    gw.send = lambda job_id, device=None: None  # type: ignore[method-assign,assignment,misc]
     try:
         submit_job(gw, parse_job_request(TD), "alpha")
         with pytest.raises(ProblemError) as quota:

@@ -32,7 +32,7 @@ def test_idempotent_retry_after_broker_outage_requeues_the_job(
     real_send = gateway.send
     sent: list[str] = []
 
-    def broken(job_id: str) -> None:
+    def broken(job_id: str, device: str | None = None) -> None:
         raise ConnectionError("broker down")
 
     monkeypatch.setattr(gateway, "send", broken)
@@ -43,9 +43,9 @@ def test_idempotent_retry_after_broker_outage_requeues_the_job(
     [failed] = api.get("/v1/jobs").json()["items"]
     assert failed["state"] == "failed"
 
-    def working(job_id: str) -> None:
+    def working(job_id: str, device: str | None = None) -> None:
         sent.append(job_id)
-        real_send(job_id)
+        real_send(job_id, device)
 
     monkeypatch.setattr(gateway, "send", working)
     retry = api.post("/v1/jobs", json=TD, headers=headers)

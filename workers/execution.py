@@ -310,7 +310,7 @@ class Executor:
             return self._maybe_reduce(job_id)
         self.store.mark_units_sent(job_id, pending)
         for name in pending:
-            self.send_task(names.RUN_UNIT, args=[job_id, name], queue=names.QUEUE_JOBS)
+            self.send_task(names.RUN_UNIT, args=[job_id, name], queue=names.job_queue(ctx.request.device))
         return "fanned-out"
 
     def _unit_params_path(self, key: str) -> Path:

@@ -69,19 +69,26 @@ def reap_once(
             continue
         if store.release_stale(job["id"], settings.stale_after):
             log.warning("job %s lost its worker (attempt %d); re-queueing", job["id"], job["attempts"])
-            send_task(names.RUN_JOB, args=[job["id"]], queue=names.QUEUE_JOBS)
+            send_task(names.RUN_JOB, args=[job["id"]], queue=_queue(store, job))
             counts["jobs_requeued"] += 1
     for unit in store.stale_units(settings.stale_after, pending_after):
         store.reset_unit(unit["job_id"], unit["name"])
         log.warning("unit %s of job %s lost; re-sending", unit["name"], unit["job_id"])
-        send_task(names.RUN_UNIT, args=[unit["job_id"], unit["name"]], queue=names.QUEUE_JOBS)
+        send_task(names.RUN_UNIT, args=[unit["job_id"], unit["name"]], queue=_queue(store, unit["job_id"]))
         counts["units_requeued"] += 1
     for job_id in store.stale_queued(pending_after):
         store.touch(job_id)
-        send_task(names.RUN_JOB, args=[job_id], queue=names.QUEUE_JOBS)
+        send_task(names.RUN_JOB, args=[job_id], queue=_queue(store, job_id))
         counts["queued_resent"] += 1
     counts.update(apply_retention(store, settings))
     return counts
+
+
+def _queue(store: JobStore, job: dict[str, Any] | str) -> str:
+    """The queue of a job, from its request's device (see contracts.tasks.job_queue)."""
+    row = store.get_job(job) if isinstance(job, str) else job
+    request = (row or {}).get("request") or {}
+    return names.job_queue(request.get("device"))
 
 
 def apply_retention(store: JobStore, settings: WorkerSettings) -> dict[str, int]:
