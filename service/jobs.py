@@ -81,19 +81,24 @@ def submit_job(gw: Gateway, job: JobRequest, tenant: str, idempotency_key: str |
     return Submitted(row, created=True)
 
 
-def _check_gpu_worker(gw: Gateway, device: str) -> None:
+def gpu_worker_problem(gw: Gateway, device: str) -> dict[str, str] | None:
     """A job that asks for a GPU waits on the CUDA queue, which only GPU workers consume:
-    refuse it now when no worker announces that queue, instead of letting it wait."""
+    the problem when no worker announces that queue (None when one does, or when the
+    broker cannot tell)."""
     if not device.startswith("cuda") or gw.gpu_workers() != 0:
-        return
-    raise ProblemError(
-        422,
-        f"device {device!r}: no worker with a GPU is connected, so the job would wait forever. "
-        "Ask for device 'auto' (a GPU when the worker that takes the job has one) or 'cpu', or "
-        "start a GPU worker (docs/deploy.md, GPU workers).",
-        type_="no-gpu-worker",
-        field="device",
-    )
+        return None
+    return {
+        "field": "device",
+        "detail": f"device {device!r}: no worker with a GPU is connected, so the job would wait "
+        "forever. Ask for device 'auto' (a GPU when the worker that takes the job has one) or "
+        "'cpu', or start a GPU worker (docs/deploy.md, GPU workers).",
+    }
+
+
+def _check_gpu_worker(gw: Gateway, device: str) -> None:
+    found = gpu_worker_problem(gw, device)
+    if found is not None:
+        raise ProblemError(422, found["detail"], type_="no-gpu-worker", field=found["field"])
 
 
 def enqueue(gw: Gateway, job_id: str, device: str | None = None) -> None:
@@ -143,6 +148,8 @@ def dry_run(gw: Gateway, job: JobRequest, tenant: str) -> dict[str, Any]:
     est, checks = estimate_and_checks(gw, job, tenant)
     st = gw.settings
     out = est.as_dict()
+    gpu = gpu_worker_problem(gw, job.device)
+    checks = [*checks, gpu] if gpu is not None else checks
     out["problems"] = [*est.problems, *checks]
     out["limits"] = {
         "parameters": st.max_parameters,

@@ -91,6 +91,9 @@ def test_cuda_jobs_wait_for_a_gpu_worker_and_cpu_workers_never_take_them(
     assert body["type"].endswith("no-gpu-worker") and body["field"] == "device", body
     assert "'auto'" in body["detail"] and "'cpu'" in body["detail"]
     assert api.get("/v1/jobs").json()["items"] == []  # nothing recorded
+    dry = api.post("/v1/jobs:estimate", json={**TD, "device": "cuda"}).json()
+    assert not dry["fits"] and dry["problems"][-1]["field"] == "device"
+    assert api.post("/v1/jobs:estimate", json={**TD, "device": "auto"}).json()["fits"]
 
     # Pretend a GPU worker is connected: the job is accepted, and the CPU worker, which
     # does not consume the CUDA queue, leaves it queued while it runs later 'auto' jobs.

@@ -212,7 +212,7 @@ def test_killing_one_of_two_workers_during_a_fanout_job(
         "kind": "fcmi-bound",
         "dataset": {"builtin": "digits", "classes": [4, 9]},
         "model": {"arch": "mlp", "hidden": [32]},
-        "params": {"n": [20, 40], "k1": 3, "k2": 12, "epochs": 60, "batch_size": 8},
+        "params": {"n": [20, 40], "k1": 3, "k2": 12, "epochs": 200, "batch_size": 8},
     }
     with torch_threads(1):  # as the workers run: the same float32 sums
         ctx = make_context(request, tmp_path / "ref")
@@ -225,16 +225,22 @@ def test_killing_one_of_two_workers_during_a_fanout_job(
         job = api.post("/v1/jobs", json=request).json()
 
         def doomed_mid_unit() -> bool:
-            lines = [line for line in doomed.log().splitlines() if "workers.run_unit[" in line]
-            received = sum(line.endswith("] received") for line in lines)
-            finished = sum("] succeeded in " in line for line in lines)
-            return received >= 2 and received > finished
+            # A unit claimed here (the store says it runs on this worker) and not finished.
+            # Batched units take a fraction of a second, so waiting for a second one could
+            # see the survivor finish them all; killing before the claim would test another
+            # path (a message lost before any worker ran it, re-sent after
+            # INFOSCORE_REQUEUE_PENDING_AFTER).
+            lines = doomed.log().splitlines()
+            claimed = sum(line.endswith(" claimed") and ": unit " in line for line in lines)
+            finished = sum("workers.run_unit[" in line and "] succeeded in " in line for line in lines)
+            return claimed > finished
 
-        wait_until(doomed_mid_unit, 180, interval=0.05, what="a unit running on the doomed worker")
+        wait_until(doomed_mid_unit, 180, interval=0.02, what="a unit running on the doomed worker")
         doomed.kill()
         done = wait_for_state(api, job["id"], ("succeeded", "failed"), timeout=300)
     finally:
         survivor.stop()
+        doomed.stop()  # when the wait above failed: never leave a worker eating later tests' jobs
     assert "lost; re-sending" in survivor.log()  # the reaper recovered the killed worker's unit
     assert done["state"] == "succeeded", done["error"]
     assert done["progress"] == {"done": 6, "total": 6}

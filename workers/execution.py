@@ -360,6 +360,7 @@ class Executor:
             return "cancelled"
         if not self.store.claim_unit(job_id, name, stale_after=self.settings.stale_after):
             return "not-claimed"
+        log.info("job %s: unit %s claimed", job_id, name)
 
         def beat() -> bool:
             self.store.unit_heartbeat(job_id, name)
