@@ -130,6 +130,8 @@ def headline(summary: dict[str, Any], limit: int = 6) -> dict[str, Any]:
 
 def run_job(client: httpx.Client, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     job = client.post("/v1/jobs", json=request)
+    if 400 <= job.status_code < 500:  # refused at submit (e.g. no-gpu-worker): a row, not a crash
+        return {"state": f"refused {job.status_code}", "error": job.json().get("detail")}
     job.raise_for_status()
     job_id = job.json()["id"]
     deadline = time.monotonic() + timeout
