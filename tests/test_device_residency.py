@@ -218,7 +218,8 @@ def test_a_bulk_copy_to_the_host_mid_job_is_caught() -> None:
 
 
 def test_stand_in_catches_the_projected_path_bug_of_the_h200_trial() -> None:
-    """The trial's crash: the primal LOO came back on the host and met device features."""
+    """The crash after the H200 trial's: the primal LOO came back on the host and met
+    device features (the same CUDA error, one step further than the trial's)."""
     from infoscore.sample_info import loo_primal
 
     dev = VirtualDevice.DEVICE
