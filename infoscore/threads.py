@@ -68,8 +68,9 @@ def training_thread_count(
     device: torch.device | None = None,
 ) -> int:
     """Threads for the mini-batch steps of ``models`` (trained side by side; ``copies`` of
-    each batched into the same operations, e.g. an ensemble's members) on ``device`` (default: ``sample``'s; ``sample`` may be on the meta
-    device, only its shape counts). Off the CPU: torch's current count, unchanged."""
+    each batched into the same operations, e.g. an ensemble's members) on ``device``
+    (default: ``sample``'s; ``sample`` may be on the meta device, only its shape counts).
+    Off the CPU: torch's current count, unchanged."""
     budget = torch.get_num_threads()
     if (device or sample.device).type != "cpu" or budget == 1:
         return budget

@@ -71,17 +71,11 @@ def make_optimizer(
     raise invalid("optimizer", "make_optimizer", f"one of {list(OPTIMIZERS)}", name)
 
 
-def batch_order(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """One epoch's mini-batches of indices, in an order drawn from ``generator``."""
-    perm = torch.randperm(n, generator=generator)
-    return list(perm.split(batch_size))
-
-
 def epoch_batches(
     n: int, batch_size: int, generator: torch.Generator, device: torch.device
 ) -> list[torch.Tensor]:
-    """:func:`batch_order` with the order drawn on the host (the same on every device) and
-    copied to ``device`` in one transfer."""
+    """One epoch's mini-batches of indices, in an order drawn from ``generator`` on the host
+    (the same on every device) and copied to ``device`` in one transfer."""
     perm = torch.randperm(n, generator=generator)
     if perm.device != device:
         perm = perm.to(device, non_blocking=True)

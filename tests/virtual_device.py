@@ -20,9 +20,10 @@ What it records (``violations``, each with the infoscore/workers frames that cau
 - ``.numpy()`` or ``np.asarray`` of a device tensor;
 - a random draw whose generator lives on the other side.
 
-And what it counts (``syncs``): every device-to-host read (``.cpu()``, ``.item()``,
-``.tolist()``, ``float()``, ``int()``, ``bool()``), by call site, so a test can see where
-a job waits on its device.
+And what it counts, by call site, so a test can see where a job waits on its device or
+moves data: ``syncs``, every device-to-host read (``.cpu()``, ``.item()``, ``.tolist()``,
+``float()``, ``int()``, ``bool()``); ``copied``, the elements those reads and ``.to()``
+moves bring to the host; ``uploads``, the host-to-device moves.
 
 Limits: code that branches on ``device.type == 'cuda'`` takes its CPU branch here, and
 tensors made inside C++ (autograd's gradients, ``torch.func`` outputs, ``torch.load``)

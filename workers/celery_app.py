@@ -88,33 +88,23 @@ _reaper_stop = threading.Event()
 
 
 @worker_ready.connect
-def _start_reaper(sender: Any = None, **_: Any) -> None:
+def _start_reaper(sender: Any, **_: Any) -> None:
     from .reaper import run_reaper
-    from .registry import run_announcer, worker_queues
+    from .registry import run_announcer
 
     thread = threading.Thread(target=run_reaper, args=(app, _reaper_stop), name="reaper", daemon=True)
     thread.start()
     # Announce the queues this worker consumes (the gateway refuses "cuda" jobs when no
     # worker takes them): the consumer's own list, which follows -Q.
     settings = get_worker_settings()
-    try:
-        queues = sorted(q.name for q in sender.task_consumer.queues)
-        name = str(sender.hostname)
-    except AttributeError:
-        queues, name = worker_queues(settings), worker_name_fallback()
+    queues = sorted(q.name for q in sender.task_consumer.queues)
     announcer = threading.Thread(
         target=run_announcer,
-        args=(settings.broker_url, name, queues, settings.worker_device, _reaper_stop),
+        args=(settings.broker_url, str(sender.hostname), queues, settings.worker_device, _reaper_stop),
         name="announcer",
         daemon=True,
     )
     announcer.start()
-
-
-def worker_name_fallback() -> str:
-    import socket
-
-    return f"infoscore-{os.getpid()}@{socket.gethostname()}"
 
 
 @worker_shutdown.connect
